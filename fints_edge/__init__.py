@@ -1,0 +1,28 @@
+"""fints-edge: per-request personal steering (Fints) for llama.cpp models, on device, no torch.
+
+Only numpy-level modules are imported here; llama_cpp and onnxruntime load where they are used.
+"""
+
+from fints_edge.errors import FintsEdgeError, HistoryError, ProfileError
+from fints_edge.history import HistoryItem, read_history
+from fints_edge.layers import SITES, AttnReading, Site, cvec_row, hf_layer_of_row
+from fints_edge.profile import FORMAT_VERSION, ModelIdentity, Profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SITES",
+    "AttnReading",
+    "FintsEdgeError",
+    "HistoryError",
+    "HistoryItem",
+    "ModelIdentity",
+    "Profile",
+    "ProfileError",
+    "Site",
+    "__version__",
+    "cvec_row",
+    "hf_layer_of_row",
+    "read_history",
+]

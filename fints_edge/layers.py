@@ -1,0 +1,41 @@
+"""Sites and layer numbering: the one place where HF and llama.cpp indices meet.
+
+Conventions used across the project:
+- ``hf_layer``: 0-based index of a decoder layer, as in ``model.model.layers[hf_layer]``.
+- ``cvec_row``: row of llama.cpp's control-vector buffer ``[n_layer, n_embd]``. Row k is added
+  to the OUTPUT of decoder layer k + 1, so the output of layer 0 cannot be steered that way.
+- GGUF control-vector files name their tensors ``direction.N`` with N = cvec_row + 1 = hf_layer.
+"""
+
+from typing import Literal, get_args
+
+Site = Literal["attn", "mlp"]
+SITES: tuple[Site, ...] = get_args(Site)
+
+# How the attention-site activation is read during extraction:
+# "output"   = the attention block's output (o_proj), the paper's description;
+# "residual" = residual stream after attention (input + attention output), the authors' code.
+AttnReading = Literal["output", "residual"]
+ATTN_READINGS: tuple[AttnReading, ...] = get_args(AttnReading)
+
+
+def cvec_row(hf_layer: int) -> int:
+    """Control-vector row that adds to the output of decoder layer ``hf_layer``."""
+    if hf_layer < 1:
+        raise ValueError(
+            f"decoder layer {hf_layer}: llama.cpp control vectors cannot steer the output of "
+            "layer 0; use hf_layer >= 1"
+        )
+    return hf_layer - 1
+
+
+def hf_layer_of_row(row: int) -> int:
+    """Inverse of :func:`cvec_row`."""
+    if row < 0:
+        raise ValueError(f"control-vector row {row} is negative")
+    return row + 1
+
+
+def default_layer(n_layer: int) -> int:
+    """Default steering layer: ~73% of the depth (Fints: 23 of 32; SmolLM2-135M probe: 22 of 30)."""
+    return max(1, min(n_layer - 1, round(0.73 * n_layer)))
