@@ -1,0 +1,21 @@
+import pytest
+
+from fints_edge.layers import cvec_row, default_layer, hf_layer_of_row
+
+
+def test_cvec_row_is_one_below_hf_layer():
+    # llama.cpp adds control-vector row k to the output of decoder layer k + 1.
+    assert cvec_row(1) == 0
+    assert cvec_row(22) == 21
+    assert all(hf_layer_of_row(cvec_row(layer)) == layer for layer in range(1, 40))
+
+
+def test_layer_zero_cannot_be_steered_by_cvec():
+    with pytest.raises(ValueError, match="layer 0"):
+        cvec_row(0)
+
+
+def test_default_layer_matches_the_probe():
+    assert default_layer(30) == 22  # SmolLM2-135M: calibration.md
+    assert default_layer(32) == 23  # Fints on Llama-3.1-8B
+    assert 1 <= default_layer(2) <= 1
