@@ -1,0 +1,190 @@
+"""``python -m export.build --model M --history H.jsonl --out me.npz``: a user's profile.
+
+history -> contrast pairs -> per-item attention/MLP signals (torch hooks) + retrieval keys
+(the same ONNX encoder the device uses) -> an atomically written, model-bound profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.pairs import DEFAULT_ROUGE_THRESHOLD, NEGATIVE_SOURCES, NegativeFn, build_pairs, others_negative
+from fints_edge.errors import FintsEdgeError
+from fints_edge.history import read_history
+from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
+from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, utc_now
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    layers: tuple[int, ...] | None = None  # HF decoder indices; None = ~73% of the depth
+    sites: tuple[Site, ...] = SITES
+    attn_reading: AttnReading = "output"
+    negatives: str = "zero-shot"
+    others: Path | None = None
+    rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
+    prompt_format: PromptFormat = "chat"
+    max_new_tokens: int = 48
+    encoder_dir: Path | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def build_profile(model_ref: str | Path, history: str | Path, out: str | Path, opts: BuildOptions) -> Profile:
+    """Build and save a profile; returns it. Reads everything before writing anything."""
+    import torch
+
+    from export.extract import extract_signals
+    from export.models import identity_from_hf, load_hf
+    from export.onnx import export_encoder
+    from fints_edge.encode import Encoder
+
+    items = read_history(history)  # fails fast on a bad file, before any model loads
+    others = read_history(opts.others) if opts.others else None
+    if opts.negatives == "others" and others is None:
+        raise FintsEdgeError("--negatives others needs --others OTHER_USERS.jsonl")
+    torch.manual_seed(opts.seed)
+
+    model, tokenizer = load_hf(model_ref)
+    identity = identity_from_hf(model, tokenizer)
+    layers = opts.layers or (default_layer(identity.n_layer),)
+    bad = [layer for layer in layers if not 0 <= layer < identity.n_layer]
+    if bad:
+        raise FintsEdgeError(f"--layers {bad}: the model has decoder layers 0..{identity.n_layer - 1}")
+    layers = tuple(sorted(set(layers)))
+
+    negative: NegativeFn | None
+    if opts.negatives == "zero-shot":
+        negative = _zero_shot(model, tokenizer, opts)
+    elif opts.negatives == "others":
+        assert others is not None
+        negative = others_negative(others, opts.seed)
+    else:
+        negative = None
+    pairs, report = build_pairs(items, negative, threshold=opts.rouge_threshold, progress=opts.progress)
+    _say(report.summary())
+
+    extracted = extract_signals(
+        model,
+        tokenizer,
+        [(p.input, p.chosen, p.rejected) for p in pairs],
+        layers,
+        attn_reading=opts.attn_reading,
+        prompt_format=opts.prompt_format,
+        sites=opts.sites,
+        progress=opts.progress,
+    )
+    encoder = Encoder(export_encoder(opts.encoder_dir))
+    kept = [items[p.index] for p in pairs]
+    profile = Profile(
+        model=identity,
+        layers=np.asarray(layers, dtype=np.int32),
+        sites=tuple(opts.sites),
+        attn_reading=opts.attn_reading,
+        signals=extracted.signals.astype(np.float16),  # [N, S, L, n_embd]
+        keys=encoder.encode([p.input for p in pairs]),  # [N, D]
+        inputs=np.asarray([p.input for p in pairs], dtype=str),
+        outputs=np.asarray([p.chosen for p in pairs], dtype=str),
+        timestamps=np.asarray([it.timestamp for it in kept], dtype=np.float64),
+        residual_norms=extracted.residual_norms.astype(np.float32),
+        encoder_name=encoder.name,
+        encoder_probe=encoder.probe(),
+        prompt_format=opts.prompt_format,
+        created=utc_now(),
+    )
+    profile.save(out)
+    return profile
+
+
+def _zero_shot(model, tokenizer, opts: BuildOptions) -> NegativeFn:
+    """The base model's own answer: greedy first, one sampled retry (the authors' two tries)."""
+    import torch
+
+    from export.extract import prompt_ids
+
+    def answer(text: str, attempt: int) -> str:
+        ids = torch.tensor([prompt_ids(tokenizer, text, opts.prompt_format)])
+        sampling = {"do_sample": True, "temperature": 0.9, "top_p": 0.95} if attempt else {"do_sample": False}
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=opts.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                **sampling,
+            )
+        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+    return answer
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BuildOptions()
+    p = argparse.ArgumentParser(prog="python -m export.build", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF model folder or .gguf (a GGUF is dequantized once and cached)")
+    p.add_argument("--history", required=True, help='JSONL, one {"input", "output"[, "rejected", "timestamp"]} per line')
+    p.add_argument("--out", required=True, help="profile to write (.npz); replaced atomically")
+    s = p.add_argument_group("signals")
+    s.add_argument("--layers", type=int, nargs="+", help="HF 0-based decoder layers (default: ~73%% of the depth)")
+    s.add_argument("--sites", choices=["attn", "mlp", "both"], default="both", help="default: both")
+    s.add_argument("--attn-reading", choices=ATTN_READINGS, default=d.attn_reading,
+                   help="attention site: block output (paper) or residual after attention (authors' code)")
+    s.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=d.prompt_format,
+                   help="lay input + answer out with the chat template or as plain text (default: chat)")
+    n = p.add_argument_group("negatives")
+    n.add_argument("--negatives", choices=NEGATIVE_SOURCES, default=d.negatives,
+                   help="where rejected texts come from when a line has none (default: zero-shot)")
+    n.add_argument("--others", type=Path, help="other users' history JSONL, for --negatives others")
+    n.add_argument("--rouge-threshold", type=float, default=d.rouge_threshold,
+                   help=f"drop generated negatives with ROUGE-L >= this vs the output (default: {d.rouge_threshold})")
+    n.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="zero-shot answer length")
+    p.add_argument("--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    opts = BuildOptions(
+        layers=tuple(args.layers) if args.layers else None,
+        sites=SITES if args.sites == "both" else (args.sites,),
+        attn_reading=args.attn_reading,
+        negatives=args.negatives,
+        others=args.others,
+        rouge_threshold=args.rouge_threshold,
+        prompt_format=args.prompt_format,
+        max_new_tokens=args.max_new_tokens,
+        encoder_dir=args.encoder_dir,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    try:
+        if not Path(args.out).name.endswith(".npz"):
+            raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
+        t0 = time.perf_counter()
+        profile = build_profile(args.model, args.history, args.out, opts)
+    except FintsEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    dt = time.perf_counter() - t0
+    _say(
+        f"wrote {args.out}: {profile.n_items} items, layers {profile.layers.tolist()}, "
+        f"sites {', '.join(profile.sites)} ({dt:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

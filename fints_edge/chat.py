@@ -1,0 +1,224 @@
+"""``python -m fints_edge.chat --model q4.gguf --profile me.npz``: personal chat on this device.
+
+Interactive by default (streamed answers, slash commands), or one-shot with ``--prompt`` and
+optionally ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import textwrap
+from collections.abc import Sequence
+from dataclasses import fields
+
+from fints_edge.errors import FintsEdgeError
+
+HELP = """commands:
+  /steer on|off     turn personal steering on or off
+  /strength X       steering strength (multiplier of the aggregated signal)
+  /k N              how many history items to retrieve
+  /rag N            how many retrieved items to show the model as earlier turns (0 = none)
+  /why [TEXT]       the retrieved history items and their weights for TEXT (default: last input)
+  /compare [TEXT]   unsteered and steered answers side by side (default: last input)
+  /help             this list
+  /quit             leave (Ctrl-D works too)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fints_edge.engine import EngineConfig
+
+    d = EngineConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m fints_edge.chat",
+        description="Chat with a llama.cpp model steered toward one user's style (Fints).",
+        epilog="Interactive commands: /steer, /strength, /k, /rag, /why, /compare, /help, /quit.",
+    )
+    files = p.add_argument_group("files")
+    files.add_argument("--model", help="GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    files.add_argument("--profile", required=True, help="the user's profile, built by `python -m export.build`")
+    files.add_argument("--encoder", help="ONNX encoder folder (default: the one `python -m export.onnx` wrote)")
+    files.add_argument("--aggregator", help="aggregator.onnx (default: the one `python -m export.onnx` wrote)")
+
+    steer = p.add_argument_group("steering")
+    steer.add_argument("--mode", choices=["exact", "cvec"], default=d.mode,
+                       help=f"exact = eval-callback Pulse-and-Re-Pulse; cvec = built-in control vector (default: {d.mode})")
+    steer.add_argument("--strength", type=float, default=d.strength, help=f"default: {d.strength}")
+    steer.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help=f"history items retrieved per request (default: {d.k})")
+    steer.add_argument("--temperature", type=float, default=d.temperature,
+                       help="softmax(similarity/T) weights; 0 = uniform mean (default: 0)")
+    steer.add_argument("--sites", choices=["attn", "mlp", "both"], default="both",
+                       help="which signals to inject (default: both)")
+    steer.add_argument("--gate", metavar="FLOOR:FULL",
+                       help="fade steering out when the best similarity is below FULL, off at FLOOR (default: off)")
+    steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
+
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--rag", type=int, default=d.rag, help=f"retrieved examples shown as earlier turns (default: {d.rag})")
+    gen.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"default: {d.max_tokens}")
+    gen.add_argument("--n-ctx", type=int, default=d.n_ctx, help=f"context length (default: {d.n_ctx})")
+    gen.add_argument("--threads", type=int, help="CPU threads for prompt and generation (default: all, up to 4)")
+
+    once = p.add_argument_group("one-shot")
+    once.add_argument("--prompt", help="answer this one input and exit")
+    once.add_argument("--json", action="store_true", help="with --prompt: print one JSON object (text, retrieved, timings)")
+    once.add_argument("--compare", action="store_true", help="with --prompt: print unsteered and steered answers")
+    return p
+
+
+def _config_from(args: argparse.Namespace):  # -> EngineConfig
+    from fints_edge.engine import EngineConfig
+
+    sim_floor = sim_full = 0.0
+    if args.gate:
+        try:
+            sim_floor, sim_full = (float(x) for x in args.gate.split(":"))
+        except ValueError:
+            raise FintsEdgeError(f"--gate takes FLOOR:FULL similarities, e.g. 0.2:0.5, not '{args.gate}'") from None
+        if not sim_full > sim_floor:
+            raise FintsEdgeError("--gate FLOOR:FULL needs FULL > FLOOR")
+    sites = None if args.sites == "both" else (args.sites,)
+    known = {f.name for f in fields(EngineConfig)}
+    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
+    return EngineConfig(**values, sim_floor=sim_floor, sim_full=sim_full, sites=sites)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse bad combinations before anything is loaded."""
+    if (args.json or args.compare) and not args.prompt:
+        raise FintsEdgeError("--json and --compare go with --prompt TEXT")
+    if args.compare and args.no_steer:
+        raise FintsEdgeError("--compare already shows the unsteered answer; drop --no-steer")
+    if args.k < 1 or args.max_tokens < 1 or args.rag < 0 or args.n_ctx < 64:
+        raise FintsEdgeError("need -k >= 1, --max-tokens >= 1, --rag >= 0 and --n-ctx >= 64")
+    if args.threads is not None and args.threads < 1:
+        raise FintsEdgeError("--threads must be at least 1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_flags(args)
+        config = _config_from(args)
+        from fints_edge._paths import default_gguf
+        from fints_edge.engine import Engine
+
+        model = args.model or default_gguf()
+        with Engine(model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator) as engine:
+            if args.prompt:
+                return _one_shot(engine, args)
+            return _interactive(engine, steer=not args.no_steer)
+    except FintsEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _one_shot(engine, args: argparse.Namespace) -> int:
+    if args.compare:
+        plan = engine.plan(args.prompt)
+        base, steered = engine.reply(args.prompt, steer=False, plan=plan), engine.reply(args.prompt, plan=plan)
+        if args.json:
+            print(json.dumps({"unsteered": base.to_json(), "steered": steered.to_json()}, ensure_ascii=False))
+        else:
+            print(side_by_side(base.text, steered.text))
+        return 0
+    if args.json:
+        print(json.dumps(engine.reply(args.prompt, steer=not args.no_steer).to_json(), ensure_ascii=False))
+        return 0
+    _stream_to_stdout(engine, args.prompt, steer=not args.no_steer)
+    return 0
+
+
+def _stream_to_stdout(engine, text: str, *, steer: bool):
+    reply = None
+    for piece in engine.stream(text, steer=steer):
+        if isinstance(piece, str):
+            print(piece, end="", flush=True)
+        else:
+            reply = piece
+    print()
+    return reply
+
+
+def side_by_side(left: str, right: str, titles: tuple[str, str] = ("unsteered", "steered")) -> str:
+    width = max(20, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
+    cols = [[t.upper(), "-" * min(width, len(t))] + textwrap.wrap(s, width) for t, s in zip(titles, (left, right), strict=True)]
+    rows = max(len(c) for c in cols)
+    lines = [f"{_cell(cols[0], i, width)} | {_cell(cols[1], i, width)}".rstrip() for i in range(rows)]
+    return "\n".join(lines)
+
+
+def _cell(col: list[str], i: int, width: int) -> str:
+    return (col[i] if i < len(col) else "").ljust(width)
+
+
+def _print_why(engine, text: str) -> None:
+    plan = engine.plan(text)
+    print(f"gate {plan.gate:.2f}; retrieval {plan.timings_ms['encode'] + plan.timings_ms['retrieve']:.1f} ms")
+    for r in plan.retrieved:
+        snippet = textwrap.shorten(r["input"], 60)
+        print(f"  #{r['id']:<4} sim {r['similarity']:.3f}  weight {r['weight']:.3f}  {snippet}")
+        print(f"        -> {textwrap.shorten(r['output'], 70)}")
+
+
+def _interactive(engine, *, steer: bool) -> int:
+    print(f"fints-edge chat: {engine.profile.n_items} history items, mode {engine.config.mode}, "
+          f"steering {'on' if steer else 'off'}. /help for commands.")
+    last = ""
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not line:
+            continue
+        if not line.startswith("/"):
+            last = line
+            print("bot> ", end="", flush=True)
+            _stream_to_stdout(engine, line, steer=steer)
+            continue
+        cmd, _, rest = line.partition(" ")
+        rest = rest.strip()
+        try:
+            if cmd in ("/quit", "/exit", "/q"):
+                return 0
+            elif cmd == "/help":
+                print(HELP)
+            elif cmd == "/steer":
+                if rest not in ("on", "off"):
+                    raise FintsEdgeError("usage: /steer on|off")
+                steer = rest == "on"
+                print(f"steering {rest}")
+            elif cmd == "/strength":
+                print(f"strength {engine.configure(strength=float(rest)).strength}")
+            elif cmd == "/k":
+                print(f"k {engine.configure(k=int(rest)).k}")
+            elif cmd == "/rag":
+                print(f"rag {engine.configure(rag=int(rest)).rag}")
+            elif cmd == "/why":
+                _print_why(engine, rest or last or _need_input())
+            elif cmd == "/compare":
+                text = rest or last or _need_input()
+                last = text
+                plan = engine.plan(text)
+                print(side_by_side(engine.reply(text, steer=False, plan=plan).text, engine.reply(text, plan=plan).text))
+            else:
+                print(f"unknown command {cmd}; /help lists them")
+        except ValueError:
+            print(f"{cmd} needs a number")
+        except FintsEdgeError as e:
+            print(f"error: {e}")
+
+
+def _need_input() -> str:
+    raise FintsEdgeError("no input yet: type a message first or give one after the command")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""One request, end to end: encode, retrieve, aggregate, inject, generate.
+
+The Engine owns every native resource (llama context, ONNX sessions, index) in one ExitStack;
+``close()`` is idempotent and the Engine is a context manager.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+
+from fints_edge._paths import default_aggregator_path, default_encoder_dir
+from fints_edge.aggregate import AggregateParams, OnnxAggregator
+from fints_edge.encode import Encoder
+from fints_edge.errors import FintsEdgeError
+from fints_edge.index import Index
+from fints_edge.inject import MODES, Mode, open_steerable, steered
+from fints_edge.layers import Site
+from fints_edge.model import identity_from_llama
+from fints_edge.profile import Profile
+
+RagFormat = Literal["turns", "inline"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Per-request knobs. Defaults: Fints' K=5 and uniform weights; strength 4 and the layer
+    come from the first probe on SmolLM2-135M (calibration.md) until the sweeps replace them."""
+
+    mode: Mode = "exact"
+    k: int = 5
+    strength: float = 4.0
+    temperature: float = 0.0  # aggregation softmax temperature; 0 = uniform mean (paper default)
+    sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
+    sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate
+    sites: tuple[Site, ...] | None = None  # None = every site in the profile
+    rag: int = 0  # history examples put in the prompt (as earlier chat turns)
+    max_tokens: int = 128
+    n_ctx: int = 2048
+    threads: int | None = None
+    seed: int = 0
+
+
+class Retrieved(TypedDict):
+    id: int
+    similarity: float
+    weight: float
+    input: str
+    output: str
+
+
+@dataclass
+class Plan:
+    """What steering a request gets, and why."""
+
+    vectors: np.ndarray  # float32 [S, L, n_embd], already scaled by strength and gate
+    retrieved: list[Retrieved]
+    gate: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    text: str
+    steered: bool
+    plan: Plan | None
+    prompt_tokens: int
+    completion_tokens: int
+    timings_ms: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "steered": self.steered,
+            "retrieved": self.plan.retrieved if self.plan else [],
+            "gate": self.plan.gate if self.plan else None,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+class Engine:
+    """``with Engine(model, profile) as e: print(e.reply("...").text)``"""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        profile_path: str | Path,
+        config: EngineConfig | None = None,
+        *,
+        encoder_dir: str | Path | None = None,
+        aggregator_path: str | Path | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self._check_config(self.config)
+        self._stack = ExitStack()
+        try:
+            self.profile_path = Path(profile_path)
+            self.profile = Profile.load(profile_path)
+            self.encoder = Encoder(encoder_dir or default_encoder_dir(), threads=self.config.threads)
+            self.encoder.check_compatible(self.profile.encoder_name, self.profile.encoder_probe, str(profile_path))
+            self.aggregator = OnnxAggregator(aggregator_path or default_aggregator_path(), threads=self.config.threads)
+            self.index = Index(self.profile.keys)
+            self.llm, self.injector = open_steerable(
+                model_path, self.config.mode, n_ctx=self.config.n_ctx, n_threads=self.config.threads, seed=self.config.seed
+            )
+            self._stack.callback(self.llm.close)
+            self.profile.check_model(identity_from_llama(self.llm), profile_path)
+            self._signals = self.profile.signals.astype(np.float32)  # [N, S, L, n_embd]
+        except BaseException:
+            self._stack.close()
+            raise
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def configure(self, **changes: Any) -> EngineConfig:
+        """Change per-request knobs (k, strength, ...); mode/n_ctx/threads need a new Engine."""
+        fixed = {"mode", "n_ctx", "threads"} & set(changes)
+        if fixed:
+            raise FintsEdgeError(f"{', '.join(sorted(fixed))} can only be set when the engine starts")
+        config = replace(self.config, **changes)
+        self._check_config(config)
+        self.config = config
+        return config
+
+    @staticmethod
+    def _check_config(c: EngineConfig) -> None:
+        if c.mode not in MODES:
+            raise FintsEdgeError(f"unknown mode '{c.mode}'; choose one of {', '.join(MODES)}")
+        if c.k < 1:
+            raise FintsEdgeError(f"K must be at least 1, got {c.k}")
+        if c.rag < 0 or c.max_tokens < 1:
+            raise FintsEdgeError("rag must be >= 0 and max_tokens >= 1")
+
+    # -- one request --------------------------------------------------------------------------
+    def plan(self, text: str) -> Plan:
+        """Encode the input, retrieve the top-K history items and aggregate their signals."""
+        c = self.config
+        t0 = time.perf_counter()
+        query = self.encoder.encode([text])[0]  # [D]
+        t1 = time.perf_counter()
+        ids, sims = self.index.top_k(query, c.k)  # [K'], [K']
+        t2 = time.perf_counter()
+        params = AggregateParams(
+            temperature=c.temperature, strength=c.strength, sim_floor=c.sim_floor, sim_full=c.sim_full
+        )
+        agg = self.aggregator(sims, self._signals[ids], params)
+        vectors = self._select_sites(agg.vectors)
+        t3 = time.perf_counter()
+        retrieved: list[Retrieved] = [
+            {
+                "id": int(i),
+                "similarity": float(s),
+                "weight": float(w),
+                "input": str(self.profile.inputs[i]),
+                "output": str(self.profile.outputs[i]),
+            }
+            for i, s, w in zip(ids, sims, agg.weights, strict=True)
+        ]
+        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "aggregate": (t3 - t2) * 1e3}
+        return Plan(vectors, retrieved, float(agg.gate), timings)
+
+    def _select_sites(self, vectors: np.ndarray) -> np.ndarray:
+        wanted = self.config.sites
+        if wanted is None:
+            return vectors
+        unknown = set(wanted) - set(self.profile.sites)
+        if unknown:
+            raise FintsEdgeError(f"profile has no {', '.join(sorted(unknown))} signals")
+        keep = np.array([s in wanted for s in self.profile.sites])
+        return vectors * keep[:, None, None]
+
+    def messages(self, text: str, plan: Plan | None) -> list[dict[str, str]]:
+        """The chat: optional RAG examples as earlier turns (measured best on the small model)."""
+        msgs: list[dict[str, str]] = []
+        if self.config.rag and plan is not None:
+            for item in plan.retrieved[: self.config.rag]:
+                msgs += [{"role": "user", "content": item["input"]}, {"role": "assistant", "content": item["output"]}]
+        msgs.append({"role": "user", "content": text})
+        return msgs
+
+    def stream(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Iterator[str | Reply]:
+        """Yield text pieces as they are generated, then the final :class:`Reply`."""
+        if not text.strip():
+            raise FintsEdgeError("the input is empty")
+        c = self.config
+        if plan is None and (steer or c.rag):
+            plan = self.plan(text)
+        prompt = self._prompt_tokens(self.messages(text, plan))
+        t0 = time.perf_counter()
+        vectors = plan.vectors if (steer and plan is not None) else None
+        self.llm.reset()  # never reuse KV computed under different steering
+        pieces: list[str] = []
+        ttft = None
+        with self._steering(vectors):
+            t_apply = (time.perf_counter() - t0) * 1e3
+            for chunk in self.llm.create_completion(
+                prompt, max_tokens=c.max_tokens, temperature=0.0, stream=True, seed=c.seed
+            ):
+                piece = chunk["choices"][0]["text"]
+                if ttft is None:
+                    ttft = time.perf_counter()
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+        t_end = time.perf_counter()
+        completion = max(0, self.llm.n_tokens - len(prompt))  # tokens evaluated after the prompt
+        timings = dict(plan.timings_ms) if plan else {}
+        timings.update(apply=t_apply, first_token=((ttft or t_end) - t0) * 1e3, total_generate=(t_end - t0) * 1e3)
+        yield Reply("".join(pieces).strip(), vectors is not None, plan, len(prompt), completion, timings)
+
+    def reply(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Reply:
+        """The whole answer at once."""
+        *_, last = self.stream(text, steer=steer, plan=plan)
+        assert isinstance(last, Reply)
+        return last
+
+    def _steering(self, vectors: np.ndarray | None) -> Any:
+        if vectors is None:
+            return ExitStack()  # nothing to set, nothing to clear
+        return steered(self.injector, vectors, self.profile.sites, self.profile.layers.tolist())
+
+    def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        from fints_edge.model import chat_prompt
+
+        tokens = self.llm.tokenize(chat_prompt(self.llm, messages).encode(), add_bos=False, special=True)
+        room = self.config.n_ctx - self.config.max_tokens
+        if len(tokens) > room:
+            raise FintsEdgeError(
+                f"the prompt is {len(tokens)} tokens but the context leaves room for {room} "
+                f"(n_ctx {self.config.n_ctx} - max_tokens {self.config.max_tokens}); "
+                "shorten the input, lower --rag/--max-tokens, or raise --n-ctx"
+            )
+        return tokens

@@ -1,0 +1,244 @@
+"""Putting steering vectors into llama.cpp: the built-in control vector, or the eval callback.
+
+Two modes (see notes on llama.cpp):
+- ``cvec``: llama.cpp's control vector, added to the residual stream at the END of a layer.
+  Exact for the MLP site; the attention site is approximated by adding v_attn there too (the MLP
+  of that layer does not see it), which is all the built-in vector can express.
+- ``exact``: the graph eval callback adds v_attn to ``ffn_inp-L`` (residual + attention output,
+  the MLP input) and v_mlp to ``l_out-L`` (layer output): true Pulse-and-Re-Pulse. CPU backend.
+
+All llama-cpp-python / ggml symbol look-ups live here, resolved once.
+Vectors come in profile layout: float32 [S, L, n_embd] with the profile's ``sites`` and
+``layers`` (HF 0-based decoder indices).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from fints_edge.errors import FintsEdgeError
+from fints_edge.layers import Site, cvec_row
+
+Mode = Literal["cvec", "exact"]
+MODES: tuple[Mode, ...] = ("cvec", "exact")
+
+# Graph tensor names per site, for Llama/Qwen2/Mistral-style layers (Gemma adds extra norms).
+_SITE_TENSOR: dict[Site, str] = {"attn": "ffn_inp", "mlp": "l_out"}
+EXACT_ARCHS = ("llama", "qwen2", "mistral")
+_GGML_TYPE_F32 = 0
+
+
+class Injector(Protocol):
+    """Sets steering for the next requests of one llama context, and clears it."""
+
+    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+@contextmanager
+def steered(injector: Injector, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> Iterator[None]:
+    """``with steered(inj, v, sites, layers):`` steering is always cleared on the way out."""
+    injector.set(vectors, sites, layers)
+    try:
+        yield
+    finally:
+        injector.clear()
+
+
+def _check_shape(vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int], n_embd: int) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float32)
+    expect = (len(sites), len(layers), n_embd)
+    if v.shape != expect:
+        raise FintsEdgeError(f"steering vectors have shape {v.shape}, expected [sites, layers, n_embd] = {expect}")
+    return v
+
+
+# -- cvec ---------------------------------------------------------------------------------------
+@functools.cache
+def _set_cvec_fn() -> Any:
+    import llama_cpp
+
+    fn = getattr(llama_cpp, "llama_set_adapter_cvec", None) or getattr(llama_cpp, "llama_apply_adapter_cvec", None)
+    if fn is None:
+        raise FintsEdgeError(
+            "this llama-cpp-python has neither llama_set_adapter_cvec nor llama_apply_adapter_cvec; "
+            "install the pinned version (`make setup`)"
+        )
+    return fn
+
+
+class CvecInjector:
+    """The built-in control vector: one [n_layer, n_embd] buffer, row k -> output of layer k+1."""
+
+    def __init__(self, llm: Any, n_layer: int, n_embd: int) -> None:
+        self._llm = llm
+        self.n_layer = n_layer
+        self.n_embd = n_embd
+        self._set = _set_cvec_fn()
+        self.active = False
+
+    def buffer(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> np.ndarray:
+        """float32 [n_layer, n_embd]; both sites of a layer land on the same row (attn approximated)."""
+        v = _check_shape(vectors, sites, layers, self.n_embd)
+        buf = np.zeros((self.n_layer, self.n_embd), dtype=np.float32)
+        for j, layer in enumerate(layers):
+            buf[cvec_row(int(layer))] += v[:, j, :].sum(axis=0)
+        return buf
+
+    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
+        buf = self.buffer(vectors, sites, layers)
+        ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # llama.cpp copies the data
+        rc = self._set(self._llm.ctx, ptr, buf.size, self.n_embd, 1, self.n_layer - 1)
+        if rc != 0:
+            raise FintsEdgeError(f"llama.cpp refused the control vector (code {rc}); the profile may not match the model")
+        self.active = True
+
+    def clear(self) -> None:
+        rc = self._set(self._llm.ctx, None, 0, self.n_embd, 0, 0)
+        if rc != 0:
+            raise FintsEdgeError(f"llama.cpp could not clear the control vector (code {rc})")
+        self.active = False
+
+
+# -- exact (eval callback) ------------------------------------------------------------------------
+@functools.cache
+def _ggml() -> ctypes.CDLL:
+    """ggml tensor accessors that llama-cpp-python does not bind."""
+    import llama_cpp
+
+    lib_dir = Path(llama_cpp.__file__).parent / "lib"
+    candidates = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("ggml-base.*"))
+    if not candidates:
+        raise FintsEdgeError(f"{lib_dir}: libggml-base not found; reinstall llama-cpp-python (`make setup`)")
+    lib = ctypes.CDLL(str(candidates[0]))
+    lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+    lib.ggml_get_name.restype = ctypes.c_char_p
+    lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+    lib.ggml_nelements.restype = ctypes.c_int64
+    lib.ggml_get_data_f32.argtypes = [ctypes.c_void_p]
+    lib.ggml_get_data_f32.restype = ctypes.POINTER(ctypes.c_float)
+    lib.ggml_is_contiguous.argtypes = [ctypes.c_void_p]
+    lib.ggml_is_contiguous.restype = ctypes.c_bool
+    return lib
+
+
+def tensor_name(site: Site, hf_layer: int) -> str:
+    """Graph tensor that carries ``site`` of decoder layer ``hf_layer`` (llama.cpp's il == hf_layer)."""
+    return f"{_SITE_TENSOR[site]}-{hf_layer}"
+
+
+class CallbackInjector:
+    """Adds vectors to named graph tensors in place, as llama.cpp computes them.
+
+    The ctypes callback object is owned here and must outlive the llama context; create the
+    context with :func:`open_steerable` so both share one lifetime.
+    """
+
+    def __init__(self, n_embd: int) -> None:
+        import llama_cpp
+
+        self.n_embd = n_embd
+        self._lib = _ggml()
+        self._targets: dict[bytes, np.ndarray] = {}  # tensor name -> float32 [n_embd]
+        self.calls = 0  # in-place additions done (tests and benchmarks read it)
+        self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._targets)
+
+    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
+        v = _check_shape(vectors, sites, layers, self.n_embd)
+        targets: dict[bytes, np.ndarray] = {}
+        for i, site in enumerate(sites):
+            for j, layer in enumerate(layers):
+                if np.any(v[i, j]):
+                    name = tensor_name(site, int(layer)).encode()
+                    targets[name] = targets.get(name, 0) + np.ascontiguousarray(v[i, j])
+        self._targets = targets
+
+    def clear(self) -> None:
+        self._targets = {}
+
+    def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        if not self._targets:
+            return not ask  # ask: "nothing needed"; compute: True means "go on"
+        name = self._lib.ggml_get_name(tensor)
+        vec = self._targets.get(name)
+        if ask:
+            return vec is not None
+        if vec is not None:
+            self._add(tensor, vec, name)
+        return True
+
+    def _add(self, tensor: int, vec: np.ndarray, name: bytes) -> None:
+        ggml_type = ctypes.c_int32.from_address(tensor).value  # first field of struct ggml_tensor
+        n = self._lib.ggml_nelements(tensor)
+        if ggml_type != _GGML_TYPE_F32 or n % self.n_embd or not self._lib.ggml_is_contiguous(tensor):
+            raise FintsEdgeError(f"graph tensor {name.decode()} is not a contiguous f32 [*, {self.n_embd}] tensor")
+        data = np.ctypeslib.as_array(self._lib.ggml_get_data_f32(tensor), shape=(n // self.n_embd, self.n_embd))
+        data += vec
+        self.calls += 1
+
+
+# -- opening a model with the right injector ----------------------------------------------------------
+def open_steerable(model_path: str | Path, mode: Mode, **open_kwargs: Any) -> tuple[Any, Injector]:
+    """A Llama and its injector. In ``exact`` mode the context is created with our eval callback."""
+    from fints_edge.model import open_llama
+
+    if mode not in MODES:
+        raise FintsEdgeError(f"unknown injection mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode == "cvec":
+        llm = open_llama(model_path, **open_kwargs)
+        n_layer = int(llm.metadata[f"{_arch(llm)}.block_count"])
+        return llm, CvecInjector(llm, n_layer, llm.n_embd())
+    llm = open_llama(model_path, llama_cls=_callback_llama_class(), **open_kwargs)
+    arch = _arch(llm)
+    if arch not in EXACT_ARCHS:
+        llm.close()
+        raise FintsEdgeError(
+            f"{model_path}: exact injection knows the graph of {', '.join(EXACT_ARCHS)} models, "
+            f"not '{arch}'; use --mode cvec"
+        )
+    llm.injector.n_embd = llm.n_embd()
+    return llm, llm.injector
+
+
+def _arch(llm: Any) -> str:
+    return str(llm.metadata.get("general.architecture", "unknown"))
+
+
+@functools.cache
+def _callback_llama_class() -> type:
+    """A Llama whose context params carry our eval callback from the moment they exist.
+
+    ``Llama.__init__`` creates ``self.context_params`` and the context in one go and takes no
+    callback argument; a property setter catches the params struct as it is assigned, so the
+    context is born with the callback (no second context, no patching of llama-cpp-python).
+    """
+    import llama_cpp
+
+    class CallbackLlama(llama_cpp.Llama):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.injector = CallbackInjector(n_embd=0)  # n_embd is known once the model loads
+            super().__init__(*args, **kwargs)
+
+        @property
+        def context_params(self) -> Any:
+            return self._fe_context_params
+
+        @context_params.setter
+        def context_params(self, params: Any) -> None:
+            params.cb_eval = self.injector.callback
+            params.cb_eval_user_data = None
+            self._fe_context_params = params
+
+    return CallbackLlama
