@@ -1,0 +1,151 @@
+"""Injection parity: llama.cpp (cvec and eval callback) vs the torch reference, on the tiny model.
+
+Logits are compared at every prompt position and over 20 greedily generated tokens fed one by
+one, so both the batched prompt path and the single-token generation path are covered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.tiny import EXACT_KV
+from fints_edge.inject import CallbackInjector, CvecInjector, open_steerable, steered, tensor_name
+
+N_GEN = 20
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def hf(tiny):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    return AutoModelForCausalLM.from_pretrained(tiny.hf_dir, torch_dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def engines(tiny):
+    opened = {}
+    for mode in ("cvec", "exact"):
+        opened[mode] = open_steerable(tiny.gguf_path, mode, n_ctx=128, n_threads=1, logits_all=True, **EXACT_KV)
+    yield opened
+    for llm, _ in opened.values():
+        llm.close()
+
+
+def _vectors(tiny, sites, layers, scale=2.0, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(len(sites), len(layers), tiny.n_embd)) * scale).astype(np.float32)
+
+
+def _llama_run(llm, prompt: list[int]) -> tuple[list[int], np.ndarray]:
+    """Prompt in one batch, then N_GEN greedy tokens one at a time; logits at every position."""
+    llm.reset()
+    llm.eval(prompt)
+    tokens = list(prompt)
+    for _ in range(N_GEN):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tokens.append(nxt)
+        llm.eval([nxt])
+    return tokens, np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
+
+
+def _torch_logits(hf, tokens, vectors, sites, layers, strength=1.0):
+    from export.reference import logits, vectors_from_array
+
+    mapping = None if vectors is None else vectors_from_array(vectors, sites, layers)
+    return logits(hf, tokens, mapping, strength)
+
+
+def _prompt(llm):
+    return llm.tokenize("The quick brown fox jumps over the lazy dog.".encode(), add_bos=False)
+
+
+@pytest.mark.parametrize(
+    ("mode", "sites", "layers"),
+    [
+        ("cvec", ("mlp",), (2,)),
+        ("exact", ("mlp",), (2,)),
+        ("exact", ("attn",), (2,)),
+        ("exact", ("attn", "mlp"), (1, 3)),
+        ("exact", ("attn", "mlp"), (0,)),  # the callback can even steer layer 0
+        ("cvec", ("mlp",), (1, 2, 3)),
+    ],
+)
+def test_injection_parity_with_torch_reference(tiny, hf, engines, mode, sites, layers):
+    llm, injector = engines[mode]
+    v = _vectors(tiny, sites, layers)
+    prompt = _prompt(llm)
+    _, base = _llama_run(llm, prompt)
+    with steered(injector, v, sites, layers):
+        tokens, got = _llama_run(llm, prompt)
+    want = _torch_logits(hf, tokens, v, sites, layers)
+    unsteered_torch = _torch_logits(hf, tokens, None, sites, layers)
+    moved = np.abs(want - unsteered_torch).max()
+    assert moved > 0.1, "the vectors must move the logits, or this test could not fail"
+    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e} (steering moved {moved:.2f})"
+    # cleared afterwards: the base logits come back exactly
+    _, again = _llama_run(llm, prompt)
+    np.testing.assert_array_equal(again[: len(prompt)], base[: len(prompt)])
+
+
+def test_attention_site_in_cvec_mode_is_only_approximate(tiny, hf, engines):
+    """cvec adds v_attn at the layer output, so the MLP of that layer never sees it."""
+    llm, injector = engines["cvec"]
+    sites, layers = ("attn",), (2,)
+    v = _vectors(tiny, sites, layers)
+    prompt = _prompt(llm)
+    with steered(injector, v, sites, layers):
+        llm.reset()
+        llm.eval(prompt)
+        got = np.array(llm.scores[: len(prompt)])
+    want = _torch_logits(hf, prompt, v, sites, layers)
+    base = _torch_logits(hf, prompt, None, sites, layers)
+    err, effect = np.abs(got - want).max(), np.abs(want - base).max()
+    print(f"attention site via cvec: max |logit error| {err:.3f} for a steering effect of {effect:.3f}")
+    assert err > 10 * TOL  # really an approximation ...
+    assert err < effect  # ... but closer to steered than to unsteered
+
+
+def test_strength_zero_and_zero_vectors_leave_logits_bit_identical(tiny, engines):
+    for mode in ("cvec", "exact"):
+        llm, injector = engines[mode]
+        prompt = _prompt(llm)
+        _, base = _llama_run(llm, prompt)
+        zeros = np.zeros((2, 1, tiny.n_embd), np.float32)
+        with steered(injector, zeros, ("attn", "mlp"), (2,)):
+            _, got = _llama_run(llm, prompt)
+        np.testing.assert_array_equal(got, base)
+
+
+def test_cvec_buffer_rows_follow_llama_numbering(tiny, engines):
+    _, injector = engines["cvec"]
+    assert isinstance(injector, CvecInjector)
+    v = _vectors(tiny, ("attn", "mlp"), (1, 3))
+    buf = injector.buffer(v, ("attn", "mlp"), (1, 3))
+    assert buf.shape == (tiny.n_layer, tiny.n_embd)
+    np.testing.assert_array_equal(buf[0], v[0, 0] + v[1, 0])  # HF layer 1 -> row 0
+    np.testing.assert_array_equal(buf[2], v[0, 1] + v[1, 1])  # HF layer 3 -> row 2
+    assert not buf[1].any() and not buf[3].any()
+
+
+def test_callback_targets_the_documented_tensors(tiny, engines):
+    _, injector = engines["exact"]
+    assert isinstance(injector, CallbackInjector)
+    assert tensor_name("attn", 5) == "ffn_inp-5" and tensor_name("mlp", 5) == "l_out-5"
+    llm, _ = engines["exact"]
+    injector.calls = 0
+    with steered(injector, _vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
+        llm.reset()
+        llm.eval(_prompt(llm))
+    assert injector.calls == 2  # one batch, two tensors
+
+
+def test_bad_vector_shape_is_refused(tiny, engines):
+    from fints_edge.errors import FintsEdgeError
+
+    _, injector = engines["exact"]
+    with pytest.raises(FintsEdgeError, match="expected"):
+        injector.set(np.zeros((1, 1, 3), np.float32), ("mlp",), (1,))
