@@ -15,7 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from export.pairs import DEFAULT_ROUGE_THRESHOLD, NEGATIVE_SOURCES, NegativeFn, build_pairs, others_negative
+from export.pairs import (
+    DEFAULT_ROUGE_THRESHOLD,
+    NEGATIVE_SOURCES,
+    NegativeFn,
+    build_pairs,
+    others_negative,
+)
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
@@ -37,7 +43,9 @@ class BuildOptions:
     progress: bool = True
 
 
-def build_profile(model_ref: str | Path, history: str | Path, out: str | Path, opts: BuildOptions) -> Profile:
+def build_profile(
+    model_ref: str | Path, history: str | Path, out: str | Path, opts: BuildOptions
+) -> Profile:
     """Build and save a profile; returns it. Reads everything before writing anything."""
     import torch
 
@@ -57,7 +65,9 @@ def build_profile(model_ref: str | Path, history: str | Path, out: str | Path, o
     layers = opts.layers or (default_layer(identity.n_layer),)
     bad = [layer for layer in layers if not 0 <= layer < identity.n_layer]
     if bad:
-        raise FintsEdgeError(f"--layers {bad}: the model has decoder layers 0..{identity.n_layer - 1}")
+        raise FintsEdgeError(
+            f"--layers {bad}: the model has decoder layers 0..{identity.n_layer - 1}"
+        )
     layers = tuple(sorted(set(layers)))
 
     negative: NegativeFn | None
@@ -68,7 +78,9 @@ def build_profile(model_ref: str | Path, history: str | Path, out: str | Path, o
         negative = others_negative(others, opts.seed)
     else:
         negative = None
-    pairs, report = build_pairs(items, negative, threshold=opts.rouge_threshold, progress=opts.progress)
+    pairs, report = build_pairs(
+        items, negative, threshold=opts.rouge_threshold, progress=opts.progress
+    )
     _say(report.summary())
 
     extracted = extract_signals(
@@ -111,7 +123,11 @@ def _zero_shot(model, tokenizer, opts: BuildOptions) -> NegativeFn:
 
     def answer(text: str, attempt: int) -> str:
         ids = torch.tensor([prompt_ids(tokenizer, text, opts.prompt_format)])
-        sampling = {"do_sample": True, "temperature": 0.9, "top_p": 0.95} if attempt else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": 0.9, "top_p": 0.95}
+            if attempt
+            else {"do_sample": False}
+        )
         with torch.no_grad():
             out = model.generate(
                 ids,
@@ -132,24 +148,57 @@ def _say(msg: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     d = BuildOptions()
     p = argparse.ArgumentParser(prog="python -m export.build", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="HF model folder or .gguf (a GGUF is dequantized once and cached)")
-    p.add_argument("--history", required=True, help='JSONL, one {"input", "output"[, "rejected", "timestamp"]} per line')
+    p.add_argument(
+        "--model",
+        required=True,
+        help="HF model folder or .gguf (a GGUF is dequantized once and cached)",
+    )
+    p.add_argument(
+        "--history",
+        required=True,
+        help='JSONL, one {"input", "output"[, "rejected", "timestamp"]} per line',
+    )
     p.add_argument("--out", required=True, help="profile to write (.npz); replaced atomically")
     s = p.add_argument_group("signals")
-    s.add_argument("--layers", type=int, nargs="+", help="HF 0-based decoder layers (default: ~73%% of the depth)")
+    s.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        help="HF 0-based decoder layers (default: ~73%% of the depth)",
+    )
     s.add_argument("--sites", choices=["attn", "mlp", "both"], default="both", help="default: both")
-    s.add_argument("--attn-reading", choices=ATTN_READINGS, default=d.attn_reading,
-                   help="attention site: block output (paper) or residual after attention (authors' code)")
-    s.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=d.prompt_format,
-                   help="lay input + answer out with the chat template or as plain text (default: chat)")
+    s.add_argument(
+        "--attn-reading",
+        choices=ATTN_READINGS,
+        default=d.attn_reading,
+        help="attention site: block output (paper) or residual after attention (authors' code)",
+    )
+    s.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMATS,
+        default=d.prompt_format,
+        help="lay input + answer out with the chat template or as plain text (default: chat)",
+    )
     n = p.add_argument_group("negatives")
-    n.add_argument("--negatives", choices=NEGATIVE_SOURCES, default=d.negatives,
-                   help="where rejected texts come from when a line has none (default: zero-shot)")
+    n.add_argument(
+        "--negatives",
+        choices=NEGATIVE_SOURCES,
+        default=d.negatives,
+        help="where rejected texts come from when a line has none (default: zero-shot)",
+    )
     n.add_argument("--others", type=Path, help="other users' history JSONL, for --negatives others")
-    n.add_argument("--rouge-threshold", type=float, default=d.rouge_threshold,
-                   help=f"drop generated negatives with ROUGE-L >= this vs the output (default: {d.rouge_threshold})")
-    n.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="zero-shot answer length")
-    p.add_argument("--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)")
+    n.add_argument(
+        "--rouge-threshold",
+        type=float,
+        default=d.rouge_threshold,
+        help=f"drop generated negatives with ROUGE-L >= this vs the output (default: {d.rouge_threshold})",
+    )
+    n.add_argument(
+        "--max-new-tokens", type=int, default=d.max_new_tokens, help="zero-shot answer length"
+    )
+    p.add_argument(
+        "--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

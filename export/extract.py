@@ -48,7 +48,9 @@ def check_layers(model: Any, layers: Sequence[int]) -> list[int]:
     n = len(decoder_layers(model))
     out = [int(x) for x in layers]
     if not out or out != sorted(set(out)) or out[0] < 0 or out[-1] >= n:
-        raise FintsEdgeError(f"layers {list(layers)}: need sorted, distinct decoder indices in 0..{n - 1}")
+        raise FintsEdgeError(
+            f"layers {list(layers)}: need sorted, distinct decoder indices in 0..{n - 1}"
+        )
     return out
 
 
@@ -82,11 +84,25 @@ def record_activations(
             store[key] = tensor[0].detach().float()  # batch of one -> [T, n_embd]
 
         if attn_reading == "output":
-            hooks.append((block.self_attn, "forward", lambda m, i, o, k=("attn", layer): keep(k, o[0])))
+            hooks.append(
+                (block.self_attn, "forward", lambda m, i, o, k=("attn", layer): keep(k, o[0]))
+            )
         else:  # residual after attention = the input of the post-attention norm
-            hooks.append((block.post_attention_layernorm, "pre", lambda m, i, k=("attn", layer): keep(k, i[0])))
+            hooks.append(
+                (
+                    block.post_attention_layernorm,
+                    "pre",
+                    lambda m, i, k=("attn", layer): keep(k, i[0]),
+                )
+            )
         hooks.append((block.mlp, "forward", lambda m, i, o, k=("mlp", layer): keep(k, o)))
-        hooks.append((block, "forward", lambda m, i, o, k=("out", layer): keep(k, o[0] if isinstance(o, tuple) else o)))
+        hooks.append(
+            (
+                block,
+                "forward",
+                lambda m, i, o, k=("out", layer): keep(k, o[0] if isinstance(o, tuple) else o),
+            )
+        )
     handles = register_hooks(hooks)
     try:
         yield store
@@ -104,7 +120,9 @@ def prompt_ids(tokenizer: Any, text: str, prompt_format: PromptFormat) -> list[i
     return list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
 
 
-def encode_pair(tokenizer: Any, text: str, answer: str, prompt_format: PromptFormat) -> tuple[list[int], int]:
+def encode_pair(
+    tokenizer: Any, text: str, answer: str, prompt_format: PromptFormat
+) -> tuple[list[int], int]:
     """(ids, answer_start): the answer is tokenized on its own so ids[answer_start:] is exactly it."""
     prompt = prompt_ids(tokenizer, text, prompt_format)
     answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
@@ -137,7 +155,9 @@ def extract_signals(
     out = np.zeros((len(pairs), len(sites), len(layers), model.config.hidden_size), np.float32)
     norms = np.zeros(len(layers), np.float64)
     with record_activations(model, layers, attn_reading) as store, torch.no_grad():
-        for n, (text, chosen, rejected) in enumerate(tqdm(pairs, desc="signals", unit="pair", disable=not progress)):
+        for n, (text, chosen, rejected) in enumerate(
+            tqdm(pairs, desc="signals", unit="pair", disable=not progress)
+        ):
             means = []
             for which, answer in enumerate((chosen, rejected)):
                 ids, start = encode_pair(tokenizer, text, answer, prompt_format)

@@ -21,10 +21,15 @@ from fints_edge.profile import PromptFormat
 Vectors = Mapping[int, Mapping[Site, np.ndarray | torch.Tensor]]  # hf_layer -> site -> [n_embd]
 
 
-def vectors_from_array(arr: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> dict[int, dict[Site, np.ndarray]]:
+def vectors_from_array(
+    arr: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
+) -> dict[int, dict[Site, np.ndarray]]:
     """Profile layout [S, L, n_embd] -> {hf_layer: {site: vector}}."""
     arr = np.asarray(arr, dtype=np.float32)
-    return {int(layer): {site: arr[i, j] for i, site in enumerate(sites)} for j, layer in enumerate(layers)}
+    return {
+        int(layer): {site: arr[i, j] for i, site in enumerate(sites)}
+        for j, layer in enumerate(layers)
+    }
 
 
 @contextmanager
@@ -65,7 +70,9 @@ def _add_to_first(v: torch.Tensor) -> Any:
     return hook
 
 
-def logits(model: Any, ids: Sequence[int], vectors: Vectors | None = None, strength: float = 1.0) -> np.ndarray:
+def logits(
+    model: Any, ids: Sequence[int], vectors: Vectors | None = None, strength: float = 1.0
+) -> np.ndarray:
     """float32 [T, vocab] for one token sequence, steered or not."""
     with torch.no_grad(), steer(model, vectors, strength):
         return model(torch.tensor([list(ids)])).logits[0].float().numpy()
@@ -89,6 +96,8 @@ def generate(
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id,
         )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

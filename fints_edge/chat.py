@@ -37,34 +37,81 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Interactive commands: /steer, /strength, /k, /rag, /why, /compare, /help, /quit.",
     )
     files = p.add_argument_group("files")
-    files.add_argument("--model", help="GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1)")
-    files.add_argument("--profile", required=True, help="the user's profile, built by `python -m export.build`")
-    files.add_argument("--encoder", help="ONNX encoder folder (default: the one `python -m export.onnx` wrote)")
-    files.add_argument("--aggregator", help="aggregator.onnx (default: the one `python -m export.onnx` wrote)")
+    files.add_argument(
+        "--model", help="GGUF model (default: the embedded SmolLM2-135M-Instruct Q4_1)"
+    )
+    files.add_argument(
+        "--profile", required=True, help="the user's profile, built by `python -m export.build`"
+    )
+    files.add_argument(
+        "--encoder", help="ONNX encoder folder (default: the one `python -m export.onnx` wrote)"
+    )
+    files.add_argument(
+        "--aggregator", help="aggregator.onnx (default: the one `python -m export.onnx` wrote)"
+    )
 
     steer = p.add_argument_group("steering")
-    steer.add_argument("--mode", choices=["exact", "cvec"], default=d.mode,
-                       help=f"exact = eval-callback Pulse-and-Re-Pulse; cvec = built-in control vector (default: {d.mode})")
+    steer.add_argument(
+        "--mode",
+        choices=["exact", "cvec"],
+        default=d.mode,
+        help=f"exact = eval-callback Pulse-and-Re-Pulse; cvec = built-in control vector (default: {d.mode})",
+    )
     steer.add_argument("--strength", type=float, default=d.strength, help=f"default: {d.strength}")
-    steer.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help=f"history items retrieved per request (default: {d.k})")
-    steer.add_argument("--temperature", type=float, default=d.temperature,
-                       help="softmax(similarity/T) weights; 0 = uniform mean (default: 0)")
-    steer.add_argument("--sites", choices=["attn", "mlp", "both"], default="both",
-                       help="which signals to inject (default: both)")
-    steer.add_argument("--gate", metavar="FLOOR:FULL",
-                       help="fade steering out when the best similarity is below FULL, off at FLOOR (default: off)")
+    steer.add_argument(
+        "-k",
+        "--top-k",
+        dest="k",
+        type=int,
+        default=d.k,
+        help=f"history items retrieved per request (default: {d.k})",
+    )
+    steer.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="softmax(similarity/T) weights; 0 = uniform mean (default: 0)",
+    )
+    steer.add_argument(
+        "--sites",
+        choices=["attn", "mlp", "both"],
+        default="both",
+        help="which signals to inject (default: both)",
+    )
+    steer.add_argument(
+        "--gate",
+        metavar="FLOOR:FULL",
+        help="fade steering out when the best similarity is below FULL, off at FLOOR (default: off)",
+    )
     steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
 
     gen = p.add_argument_group("generation")
-    gen.add_argument("--rag", type=int, default=d.rag, help=f"retrieved examples shown as earlier turns (default: {d.rag})")
-    gen.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"default: {d.max_tokens}")
-    gen.add_argument("--n-ctx", type=int, default=d.n_ctx, help=f"context length (default: {d.n_ctx})")
-    gen.add_argument("--threads", type=int, help="CPU threads for prompt and generation (default: all, up to 4)")
+    gen.add_argument(
+        "--rag",
+        type=int,
+        default=d.rag,
+        help=f"retrieved examples shown as earlier turns (default: {d.rag})",
+    )
+    gen.add_argument(
+        "--max-tokens", type=int, default=d.max_tokens, help=f"default: {d.max_tokens}"
+    )
+    gen.add_argument(
+        "--n-ctx", type=int, default=d.n_ctx, help=f"context length (default: {d.n_ctx})"
+    )
+    gen.add_argument(
+        "--threads", type=int, help="CPU threads for prompt and generation (default: all, up to 4)"
+    )
 
     once = p.add_argument_group("one-shot")
     once.add_argument("--prompt", help="answer this one input and exit")
-    once.add_argument("--json", action="store_true", help="with --prompt: print one JSON object (text, retrieved, timings)")
-    once.add_argument("--compare", action="store_true", help="with --prompt: print unsteered and steered answers")
+    once.add_argument(
+        "--json",
+        action="store_true",
+        help="with --prompt: print one JSON object (text, retrieved, timings)",
+    )
+    once.add_argument(
+        "--compare", action="store_true", help="with --prompt: print unsteered and steered answers"
+    )
     return p
 
 
@@ -76,7 +123,9 @@ def _config_from(args: argparse.Namespace):  # -> EngineConfig
         try:
             sim_floor, sim_full = (float(x) for x in args.gate.split(":"))
         except ValueError:
-            raise FintsEdgeError(f"--gate takes FLOOR:FULL similarities, e.g. 0.2:0.5, not '{args.gate}'") from None
+            raise FintsEdgeError(
+                f"--gate takes FLOOR:FULL similarities, e.g. 0.2:0.5, not '{args.gate}'"
+            ) from None
         if not sim_full > sim_floor:
             raise FintsEdgeError("--gate FLOOR:FULL needs FULL > FLOOR")
     sites = None if args.sites == "both" else (args.sites,)
@@ -106,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fints_edge.engine import Engine
 
         model = args.model or default_gguf()
-        with Engine(model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator) as engine:
+        with Engine(
+            model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator
+        ) as engine:
             if args.prompt:
                 return _one_shot(engine, args)
             return _interactive(engine, steer=not args.no_steer)
@@ -121,14 +172,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_shot(engine, args: argparse.Namespace) -> int:
     if args.compare:
         plan = engine.plan(args.prompt)
-        base, steered = engine.reply(args.prompt, steer=False, plan=plan), engine.reply(args.prompt, plan=plan)
+        base, steered = (
+            engine.reply(args.prompt, steer=False, plan=plan),
+            engine.reply(args.prompt, plan=plan),
+        )
         if args.json:
-            print(json.dumps({"unsteered": base.to_json(), "steered": steered.to_json()}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"unsteered": base.to_json(), "steered": steered.to_json()}, ensure_ascii=False
+                )
+            )
         else:
             print(side_by_side(base.text, steered.text))
         return 0
     if args.json:
-        print(json.dumps(engine.reply(args.prompt, steer=not args.no_steer).to_json(), ensure_ascii=False))
+        print(
+            json.dumps(
+                engine.reply(args.prompt, steer=not args.no_steer).to_json(), ensure_ascii=False
+            )
+        )
         return 0
     _stream_to_stdout(engine, args.prompt, steer=not args.no_steer)
     return 0
@@ -147,9 +209,14 @@ def _stream_to_stdout(engine, text: str, *, steer: bool):
 
 def side_by_side(left: str, right: str, titles: tuple[str, str] = ("unsteered", "steered")) -> str:
     width = max(20, (shutil.get_terminal_size((100, 20)).columns - 3) // 2)
-    cols = [[t.upper(), "-" * min(width, len(t))] + textwrap.wrap(s, width) for t, s in zip(titles, (left, right), strict=True)]
+    cols = [
+        [t.upper(), "-" * min(width, len(t))] + textwrap.wrap(s, width)
+        for t, s in zip(titles, (left, right), strict=True)
+    ]
     rows = max(len(c) for c in cols)
-    lines = [f"{_cell(cols[0], i, width)} | {_cell(cols[1], i, width)}".rstrip() for i in range(rows)]
+    lines = [
+        f"{_cell(cols[0], i, width)} | {_cell(cols[1], i, width)}".rstrip() for i in range(rows)
+    ]
     return "\n".join(lines)
 
 
@@ -159,7 +226,9 @@ def _cell(col: list[str], i: int, width: int) -> str:
 
 def _print_why(engine, text: str) -> None:
     plan = engine.plan(text)
-    print(f"gate {plan.gate:.2f}; retrieval {plan.timings_ms['encode'] + plan.timings_ms['retrieve']:.1f} ms")
+    print(
+        f"gate {plan.gate:.2f}; retrieval {plan.timings_ms['encode'] + plan.timings_ms['retrieve']:.1f} ms"
+    )
     for r in plan.retrieved:
         snippet = textwrap.shorten(r["input"], 60)
         print(f"  #{r['id']:<4} sim {r['similarity']:.3f}  weight {r['weight']:.3f}  {snippet}")
@@ -167,8 +236,10 @@ def _print_why(engine, text: str) -> None:
 
 
 def _interactive(engine, *, steer: bool) -> int:
-    print(f"fints-edge chat: {engine.profile.n_items} history items, mode {engine.config.mode}, "
-          f"steering {'on' if steer else 'off'}. /help for commands.")
+    print(
+        f"fints-edge chat: {engine.profile.n_items} history items, mode {engine.config.mode}, "
+        f"steering {'on' if steer else 'off'}. /help for commands."
+    )
     last = ""
     while True:
         try:
@@ -207,7 +278,12 @@ def _interactive(engine, *, steer: bool) -> int:
                 text = rest or last or _need_input()
                 last = text
                 plan = engine.plan(text)
-                print(side_by_side(engine.reply(text, steer=False, plan=plan).text, engine.reply(text, plan=plan).text))
+                print(
+                    side_by_side(
+                        engine.reply(text, steer=False, plan=plan).text,
+                        engine.reply(text, plan=plan).text,
+                    )
+                )
             else:
                 print(f"unknown command {cmd}; /help lists them")
         except ValueError:

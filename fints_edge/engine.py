@@ -104,12 +104,22 @@ class Engine:
         try:
             self.profile_path = Path(profile_path)
             self.profile = Profile.load(profile_path)
-            self.encoder = Encoder(encoder_dir or default_encoder_dir(), threads=self.config.threads)
-            self.encoder.check_compatible(self.profile.encoder_name, self.profile.encoder_probe, str(profile_path))
-            self.aggregator = OnnxAggregator(aggregator_path or default_aggregator_path(), threads=self.config.threads)
+            self.encoder = Encoder(
+                encoder_dir or default_encoder_dir(), threads=self.config.threads
+            )
+            self.encoder.check_compatible(
+                self.profile.encoder_name, self.profile.encoder_probe, str(profile_path)
+            )
+            self.aggregator = OnnxAggregator(
+                aggregator_path or default_aggregator_path(), threads=self.config.threads
+            )
             self.index = Index(self.profile.keys)
             self.llm, self.injector = open_steerable(
-                model_path, self.config.mode, n_ctx=self.config.n_ctx, n_threads=self.config.threads, seed=self.config.seed
+                model_path,
+                self.config.mode,
+                n_ctx=self.config.n_ctx,
+                n_threads=self.config.threads,
+                seed=self.config.seed,
             )
             self._stack.callback(self.llm.close)
             self.profile.check_model(identity_from_llama(self.llm), profile_path)
@@ -132,7 +142,9 @@ class Engine:
         """Change per-request knobs (k, strength, ...); mode/n_ctx/threads need a new Engine."""
         fixed = {"mode", "n_ctx", "threads"} & set(changes)
         if fixed:
-            raise FintsEdgeError(f"{', '.join(sorted(fixed))} can only be set when the engine starts")
+            raise FintsEdgeError(
+                f"{', '.join(sorted(fixed))} can only be set when the engine starts"
+            )
         config = replace(self.config, **changes)
         self._check_config(config)
         self.config = config
@@ -157,7 +169,10 @@ class Engine:
         ids, sims = self.index.top_k(query, c.k)  # [K'], [K']
         t2 = time.perf_counter()
         params = AggregateParams(
-            temperature=c.temperature, strength=c.strength, sim_floor=c.sim_floor, sim_full=c.sim_full
+            temperature=c.temperature,
+            strength=c.strength,
+            sim_floor=c.sim_floor,
+            sim_full=c.sim_full,
         )
         agg = self.aggregator(sims, self._signals[ids], params)
         vectors = self._select_sites(agg.vectors)
@@ -172,7 +187,11 @@ class Engine:
             }
             for i, s, w in zip(ids, sims, agg.weights, strict=True)
         ]
-        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "aggregate": (t3 - t2) * 1e3}
+        timings = {
+            "encode": (t1 - t0) * 1e3,
+            "retrieve": (t2 - t1) * 1e3,
+            "aggregate": (t3 - t2) * 1e3,
+        }
         return Plan(vectors, retrieved, float(agg.gate), timings)
 
     def _select_sites(self, vectors: np.ndarray) -> np.ndarray:
@@ -190,11 +209,16 @@ class Engine:
         msgs: list[dict[str, str]] = []
         if self.config.rag and plan is not None:
             for item in plan.retrieved[: self.config.rag]:
-                msgs += [{"role": "user", "content": item["input"]}, {"role": "assistant", "content": item["output"]}]
+                msgs += [
+                    {"role": "user", "content": item["input"]},
+                    {"role": "assistant", "content": item["output"]},
+                ]
         msgs.append({"role": "user", "content": text})
         return msgs
 
-    def stream(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Iterator[str | Reply]:
+    def stream(
+        self, text: str, *, steer: bool = True, plan: Plan | None = None
+    ) -> Iterator[str | Reply]:
         """Yield text pieces as they are generated, then the final :class:`Reply`."""
         if not text.strip():
             raise FintsEdgeError("the input is empty")
@@ -221,8 +245,14 @@ class Engine:
         t_end = time.perf_counter()
         completion = max(0, self.llm.n_tokens - len(prompt))  # tokens evaluated after the prompt
         timings = dict(plan.timings_ms) if plan else {}
-        timings.update(apply=t_apply, first_token=((ttft or t_end) - t0) * 1e3, total_generate=(t_end - t0) * 1e3)
-        yield Reply("".join(pieces).strip(), vectors is not None, plan, len(prompt), completion, timings)
+        timings.update(
+            apply=t_apply,
+            first_token=((ttft or t_end) - t0) * 1e3,
+            total_generate=(t_end - t0) * 1e3,
+        )
+        yield Reply(
+            "".join(pieces).strip(), vectors is not None, plan, len(prompt), completion, timings
+        )
 
     def reply(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Reply:
         """The whole answer at once."""
@@ -238,7 +268,9 @@ class Engine:
     def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         from fints_edge.model import chat_prompt
 
-        tokens = self.llm.tokenize(chat_prompt(self.llm, messages).encode(), add_bos=False, special=True)
+        tokens = self.llm.tokenize(
+            chat_prompt(self.llm, messages).encode(), add_bos=False, special=True
+        )
         room = self.config.n_ctx - self.config.max_tokens
         if len(tokens) > room:
             raise FintsEdgeError(

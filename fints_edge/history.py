@@ -63,7 +63,9 @@ def _parse_line(line: str, where: str) -> HistoryItem:
     rejected = obj.get("rejected")
     if rejected is not None and (not isinstance(rejected, str) or not rejected.strip()):
         raise HistoryError(f"{where}: 'rejected' must be a non-empty string when given")
-    return HistoryItem(obj["input"], obj["output"], rejected, _timestamp(obj.get("timestamp"), where))
+    return HistoryItem(
+        obj["input"], obj["output"], rejected, _timestamp(obj.get("timestamp"), where)
+    )
 
 
 def _timestamp(value: object, where: str) -> float:

@@ -44,7 +44,9 @@ class Injector(Protocol):
 
 
 @contextmanager
-def steered(injector: Injector, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> Iterator[None]:
+def steered(
+    injector: Injector, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
+) -> Iterator[None]:
     """``with steered(inj, v, sites, layers):`` steering is always cleared on the way out."""
     injector.set(vectors, sites, layers)
     try:
@@ -53,11 +55,15 @@ def steered(injector: Injector, vectors: np.ndarray, sites: Sequence[Site], laye
         injector.clear()
 
 
-def _check_shape(vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int], n_embd: int) -> np.ndarray:
+def _check_shape(
+    vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int], n_embd: int
+) -> np.ndarray:
     v = np.asarray(vectors, dtype=np.float32)
     expect = (len(sites), len(layers), n_embd)
     if v.shape != expect:
-        raise FintsEdgeError(f"steering vectors have shape {v.shape}, expected [sites, layers, n_embd] = {expect}")
+        raise FintsEdgeError(
+            f"steering vectors have shape {v.shape}, expected [sites, layers, n_embd] = {expect}"
+        )
     return v
 
 
@@ -66,7 +72,9 @@ def _check_shape(vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[in
 def _set_cvec_fn() -> Any:
     import llama_cpp
 
-    fn = getattr(llama_cpp, "llama_set_adapter_cvec", None) or getattr(llama_cpp, "llama_apply_adapter_cvec", None)
+    fn = getattr(llama_cpp, "llama_set_adapter_cvec", None) or getattr(
+        llama_cpp, "llama_apply_adapter_cvec", None
+    )
     if fn is None:
         raise FintsEdgeError(
             "this llama-cpp-python has neither llama_set_adapter_cvec nor llama_apply_adapter_cvec; "
@@ -85,7 +93,9 @@ class CvecInjector:
         self._set = _set_cvec_fn()
         self.active = False
 
-    def buffer(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> np.ndarray:
+    def buffer(
+        self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
+    ) -> np.ndarray:
         """float32 [n_layer, n_embd]; both sites of a layer land on the same row (attn approximated)."""
         v = _check_shape(vectors, sites, layers, self.n_embd)
         buf = np.zeros((self.n_layer, self.n_embd), dtype=np.float32)
@@ -98,7 +108,9 @@ class CvecInjector:
         ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # llama.cpp copies the data
         rc = self._set(self._llm.ctx, ptr, buf.size, self.n_embd, 1, self.n_layer - 1)
         if rc != 0:
-            raise FintsEdgeError(f"llama.cpp refused the control vector (code {rc}); the profile may not match the model")
+            raise FintsEdgeError(
+                f"llama.cpp refused the control vector (code {rc}); the profile may not match the model"
+            )
         self.active = True
 
     def clear(self) -> None:
@@ -117,7 +129,9 @@ def _ggml() -> ctypes.CDLL:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     candidates = sorted(lib_dir.glob("libggml-base.*")) + sorted(lib_dir.glob("ggml-base.*"))
     if not candidates:
-        raise FintsEdgeError(f"{lib_dir}: libggml-base not found; reinstall llama-cpp-python (`make setup`)")
+        raise FintsEdgeError(
+            f"{lib_dir}: libggml-base not found; reinstall llama-cpp-python (`make setup`)"
+        )
     lib = ctypes.CDLL(str(candidates[0]))
     lib.ggml_get_name.argtypes = [ctypes.c_void_p]
     lib.ggml_get_name.restype = ctypes.c_char_p
@@ -182,9 +196,17 @@ class CallbackInjector:
     def _add(self, tensor: int, vec: np.ndarray, name: bytes) -> None:
         ggml_type = ctypes.c_int32.from_address(tensor).value  # first field of struct ggml_tensor
         n = self._lib.ggml_nelements(tensor)
-        if ggml_type != _GGML_TYPE_F32 or n % self.n_embd or not self._lib.ggml_is_contiguous(tensor):
-            raise FintsEdgeError(f"graph tensor {name.decode()} is not a contiguous f32 [*, {self.n_embd}] tensor")
-        data = np.ctypeslib.as_array(self._lib.ggml_get_data_f32(tensor), shape=(n // self.n_embd, self.n_embd))
+        if (
+            ggml_type != _GGML_TYPE_F32
+            or n % self.n_embd
+            or not self._lib.ggml_is_contiguous(tensor)
+        ):
+            raise FintsEdgeError(
+                f"graph tensor {name.decode()} is not a contiguous f32 [*, {self.n_embd}] tensor"
+            )
+        data = np.ctypeslib.as_array(
+            self._lib.ggml_get_data_f32(tensor), shape=(n // self.n_embd, self.n_embd)
+        )
         data += vec
         self.calls += 1
 

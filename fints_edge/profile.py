@@ -307,7 +307,9 @@ def _validate(p: Profile, source: str) -> None:
     need(bool(np.allclose(norms, 1.0, atol=1e-3)), "keys", "rows must be L2-normalised")
     d = p.keys.shape[1]
     probe = p.encoder_probe
-    need(probe.dtype == np.float32 and probe.shape == (d,), "encoder_probe", f"must be float32 [{d}]")
+    need(
+        probe.dtype == np.float32 and probe.shape == (d,), "encoder_probe", f"must be float32 [{d}]"
+    )
     for field in ("inputs", "outputs"):
         arr = getattr(p, field)
         need(arr.dtype.kind == "U" and arr.shape == (n,), field, f"must be {n} strings")

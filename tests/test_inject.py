@@ -29,7 +29,9 @@ def hf(tiny):
 def engines(tiny):
     opened = {}
     for mode in ("cvec", "exact"):
-        opened[mode] = open_steerable(tiny.gguf_path, mode, n_ctx=128, n_threads=1, logits_all=True, **EXACT_KV)
+        opened[mode] = open_steerable(
+            tiny.gguf_path, mode, n_ctx=128, n_threads=1, logits_all=True, **EXACT_KV
+        )
     yield opened
     for llm, _ in opened.values():
         llm.close()
@@ -60,7 +62,7 @@ def _torch_logits(hf, tokens, vectors, sites, layers, strength=1.0):
 
 
 def _prompt(llm):
-    return llm.tokenize("The quick brown fox jumps over the lazy dog.".encode(), add_bos=False)
+    return llm.tokenize(b"The quick brown fox jumps over the lazy dog.", add_bos=False)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +87,9 @@ def test_injection_parity_with_torch_reference(tiny, hf, engines, mode, sites, l
     unsteered_torch = _torch_logits(hf, tokens, None, sites, layers)
     moved = np.abs(want - unsteered_torch).max()
     assert moved > 0.1, "the vectors must move the logits, or this test could not fail"
-    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e} (steering moved {moved:.2f})"
+    assert np.abs(got - want).max() < TOL, (
+        f"max |diff| {np.abs(got - want).max():.2e} (steering moved {moved:.2f})"
+    )
     # cleared afterwards: the base logits come back exactly
     _, again = _llama_run(llm, prompt)
     np.testing.assert_array_equal(again[: len(prompt)], base[: len(prompt)])
@@ -104,7 +108,9 @@ def test_attention_site_in_cvec_mode_is_only_approximate(tiny, hf, engines):
     want = _torch_logits(hf, prompt, v, sites, layers)
     base = _torch_logits(hf, prompt, None, sites, layers)
     err, effect = np.abs(got - want).max(), np.abs(want - base).max()
-    print(f"attention site via cvec: max |logit error| {err:.3f} for a steering effect of {effect:.3f}")
+    print(
+        f"attention site via cvec: max |logit error| {err:.3f} for a steering effect of {effect:.3f}"
+    )
     assert err > 10 * TOL  # really an approximation ...
     assert err < effect  # ... but closer to steered than to unsteered
 
