@@ -131,7 +131,8 @@ def _config_from(args: argparse.Namespace):  # -> EngineConfig
     sites = None if args.sites == "both" else (args.sites,)
     known = {f.name for f in fields(EngineConfig)}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    return EngineConfig(**values, sim_floor=sim_floor, sim_full=sim_full, sites=sites)
+    values.update(sim_floor=sim_floor, sim_full=sim_full, sites=sites)
+    return EngineConfig(**values)
 
 
 def check_flags(args: argparse.Namespace) -> None:

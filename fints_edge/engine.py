@@ -22,7 +22,7 @@ from fints_edge.errors import FintsEdgeError
 from fints_edge.index import Index
 from fints_edge.inject import MODES, Mode, open_steerable, steered
 from fints_edge.layers import Site
-from fints_edge.model import identity_from_llama
+from fints_edge.model import check_gguf, identity_from_llama
 from fints_edge.profile import Profile
 
 RagFormat = Literal["turns", "inline"]
@@ -102,6 +102,7 @@ class Engine:
         self._check_config(self.config)
         self._stack = ExitStack()
         try:
+            check_gguf(model_path)  # cheap file checks first, heavy loading last
             self.profile_path = Path(profile_path)
             self.profile = Profile.load(profile_path)
             self.encoder = Encoder(

@@ -23,6 +23,18 @@ def default_threads() -> int:
     return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
 
 
+def check_gguf(path: str | Path) -> Path:
+    """Cheap checks before any C code runs: the file exists and starts with the GGUF magic."""
+    path = Path(path)
+    if not path.is_file():
+        raise FintsEdgeError(f"{path}: no such model file; pass a .gguf model")
+    with path.open("rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise FintsEdgeError(f"{path}: not a GGUF file (starts with {magic!r}); pass a .gguf model")
+    return path
+
+
 def open_llama(
     path: str | Path,
     *,
@@ -37,13 +49,7 @@ def open_llama(
     Both ``n_threads`` and ``n_threads_batch`` are set: llama.cpp's batch default is every core,
     which collapses prompt speed on a busy machine.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FintsEdgeError(f"{path}: no such model file; pass a .gguf model")
-    with path.open("rb") as f:
-        magic = f.read(len(GGUF_MAGIC))
-    if magic != GGUF_MAGIC:
-        raise FintsEdgeError(f"{path}: not a GGUF file (starts with {magic!r}); pass a .gguf model")
+    path = check_gguf(path)
     if llama_cls is None:
         import llama_cpp
 

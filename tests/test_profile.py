@@ -109,7 +109,7 @@ def test_failed_write_keeps_old_profile(tmp_path, monkeypatch):
     path = profile(seed=1).save(tmp_path / "me.npz")
     before = path.read_bytes()
 
-    def boom(*args, **kwargs):
+    def boom(*_args, **_kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", boom)
