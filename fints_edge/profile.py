@@ -183,7 +183,7 @@ class Profile:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.to_arrays())
+                np.savez(f, **self.to_arrays())  # type: ignore[arg-type]
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -228,7 +228,7 @@ class Profile:
             return cls(
                 model=model,
                 layers=_array(a, "layers", source),
-                sites=tuple(str(s) for s in _array(a, "sites", source).tolist()),  # type: ignore[arg-type]
+                sites=tuple(str(s) for s in _array(a, "sites", source).tolist()),  # type: ignore[misc]
                 attn_reading=_scalar(a, "attn_reading", str, source),  # type: ignore[arg-type]
                 signals=_array(a, "signals", source),
                 keys=_array(a, "keys", source),

@@ -149,7 +149,7 @@ def test_callback_targets_the_documented_tensors(tiny, engines):
     assert injector.calls == 2  # one batch, two tensors
 
 
-def test_bad_vector_shape_is_refused(tiny, engines):
+def test_bad_vector_shape_is_refused(engines):
     from fints_edge.errors import FintsEdgeError
 
     _, injector = engines["exact"]
