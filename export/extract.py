@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,11 @@ import torch
 from tqdm import tqdm
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.layers import SITES, AttnReading, Site
-from fints_edge.profile import PromptFormat
+from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
+from fints_edge.profile import PROMPT_FORMATS, PromptFormat
+
+# Keys of a recording: (kind, hf_layer) with kind "attn" | "mlp" | "out" (the layer's output).
+Key = tuple[str, int]
 
 
 class HookHandles:
@@ -45,6 +48,7 @@ def decoder_layers(model: Any) -> Any:
 
 
 def check_layers(model: Any, layers: Sequence[int]) -> list[int]:
+    """The layers as sorted, distinct ints in range, or one clear error."""
     n = len(decoder_layers(model))
     out = [int(x) for x in layers]
     if not out or out != sorted(set(out)) or out[0] < 0 or out[-1] >= n:
@@ -54,8 +58,12 @@ def check_layers(model: Any, layers: Sequence[int]) -> list[int]:
     return out
 
 
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
 def register_hooks(hooks: Sequence[tuple[Any, str, Any]]) -> HookHandles:
-    """Register (module, kind, fn) hooks; if one fails, the earlier ones are removed first."""
+    """Register (module, "forward"|"pre", fn) hooks; if one fails, the earlier ones go first."""
     handles = HookHandles()
     try:
         for module, kind, fn in hooks:
@@ -69,45 +77,61 @@ def register_hooks(hooks: Sequence[tuple[Any, str, Any]]) -> HookHandles:
     return handles
 
 
+@dataclass
+class Recording:
+    """Activations of the LAST forward (batch of one): ``store[(kind, hf_layer)]`` is [T, n_embd]."""
+
+    store: dict[Key, torch.Tensor] = field(default_factory=dict)
+    handles: HookHandles = field(default_factory=HookHandles)
+
+    def remove(self) -> None:
+        self.handles.remove()
+
+
+def start_recording(
+    model: Any, layers: Sequence[int], attn_reading: AttnReading = "output"
+) -> Recording:
+    """Hooks that fill a :class:`Recording`; call ``.remove()`` when done (or use the ``with``)."""
+    if attn_reading not in ATTN_READINGS:
+        raise FintsEdgeError(f"attn_reading {attn_reading!r}: use one of {ATTN_READINGS}")
+    rec = Recording()
+    mods = decoder_layers(model)
+
+    def keep(key: Key) -> Any:
+        def put(tensor: torch.Tensor) -> None:
+            rec.store[key] = tensor[0].detach().float()  # [1, T, n_embd] -> [T, n_embd]
+
+        return put
+
+    hooks: list[tuple[Any, str, Any]] = []
+    for layer in check_layers(model, layers):
+        block = mods[layer]
+        put_attn, put_mlp, put_out = keep(("attn", layer)), keep(("mlp", layer)), keep(("out", layer))
+        if attn_reading == "output":  # o_proj output: first element of the attention's tuple
+            hooks.append((block.self_attn, "forward", lambda m, i, o, f=put_attn: f(o[0])))
+        else:  # residual after attention = the input of the post-attention norm
+            hooks.append((block.post_attention_layernorm, "pre", lambda m, i, f=put_attn: f(i[0])))
+        hooks.append((block.mlp, "forward", lambda m, i, o, f=put_mlp: f(o)))
+        hooks.append(
+            (block, "forward", lambda m, i, o, f=put_out: f(o[0] if isinstance(o, tuple) else o))
+        )
+    rec.handles = register_hooks(hooks)
+    return rec
+
+
 @contextmanager
 def record_activations(
     model: Any, layers: Sequence[int], attn_reading: AttnReading = "output"
-) -> Iterator[dict[tuple[str, int], torch.Tensor]]:
-    """Yield a dict filled on each forward: ("attn"|"mlp"|"out", hf_layer) -> [T, n_embd]."""
-    store: dict[tuple[str, int], torch.Tensor] = {}
-    hooks: list[tuple[Any, str, Any]] = []
-    mods = decoder_layers(model)
-    for layer in check_layers(model, layers):
-        block = mods[layer]
+) -> Iterator[dict[Key, torch.Tensor]]:
+    """Yield a dict refilled on each forward: ("attn"|"mlp"|"out", hf_layer) -> [T, n_embd].
 
-        def keep(key: tuple[str, int], tensor: torch.Tensor) -> None:
-            store[key] = tensor[0].detach().float()  # batch of one -> [T, n_embd]
-
-        if attn_reading == "output":
-            hooks.append(
-                (block.self_attn, "forward", lambda m, i, o, k=("attn", layer): keep(k, o[0]))
-            )
-        else:  # residual after attention = the input of the post-attention norm
-            hooks.append(
-                (
-                    block.post_attention_layernorm,
-                    "pre",
-                    lambda m, i, k=("attn", layer): keep(k, i[0]),
-                )
-            )
-        hooks.append((block.mlp, "forward", lambda m, i, o, k=("mlp", layer): keep(k, o)))
-        hooks.append(
-            (
-                block,
-                "forward",
-                lambda m, i, o, k=("out", layer): keep(k, o[0] if isinstance(o, tuple) else o),
-            )
-        )
-    handles = register_hooks(hooks)
+    Example: ``with record_activations(model, [15]) as acts: model(ids); acts[("mlp", 15)]``
+    """
+    rec = start_recording(model, layers, attn_reading)  # registered before the try
     try:
-        yield store
+        yield rec.store
     finally:
-        handles.remove()
+        rec.remove()
 
 
 def prompt_ids(tokenizer: Any, text: str, prompt_format: PromptFormat) -> list[int]:
@@ -117,17 +141,25 @@ def prompt_ids(tokenizer: Any, text: str, prompt_format: PromptFormat) -> list[i
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
         )
         return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
+    if prompt_format == "plain":
+        return list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
+    raise FintsEdgeError(f"prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}")
 
 
 def encode_pair(
     tokenizer: Any, text: str, answer: str, prompt_format: PromptFormat
 ) -> tuple[list[int], int]:
-    """(ids, answer_start): the answer is tokenized on its own so ids[answer_start:] is exactly it."""
+    """(ids, answer_start): the answer is tokenized on its own so ids[answer_start:] is exactly it.
+
+    Separate tokenization is what generation does (answer tokens follow the prompt's), and it
+    keeps a BPE merge across the boundary from smuggling prompt text into the answer mean.
+    """
     prompt = prompt_ids(tokenizer, text, prompt_format)
     answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
     if not answer_ids:
-        raise FintsEdgeError(f"empty answer after tokenization for input {text[:40]!r}")
+        raise FintsEdgeError(
+            f"empty answer after tokenization for input {text[:40]!r}; drop the item from the history"
+        )
     return prompt + answer_ids, len(prompt)
 
 
@@ -148,25 +180,33 @@ def extract_signals(
     sites: Sequence[Site] = SITES,
     progress: bool = True,
 ) -> Extracted:
-    """One forward per text; pairs are (input, chosen, rejected)."""
+    """One forward per text; pairs are (input, chosen, rejected).
+
+    Example: ``extract_signals(model, tok, [("Title this: ...", "mine", "generic")], [22])``
+    """
     layers = check_layers(model, layers)
+    sites = list(sites)
+    if not sites or len(set(sites)) != len(sites) or not set(sites) <= set(SITES):
+        raise FintsEdgeError(f"sites {sites}: need distinct names from {SITES}")
     if not pairs:
         raise FintsEdgeError("no contrast pairs to extract signals from")
+    device = model_device(model)
     out = np.zeros((len(pairs), len(sites), len(layers), model.config.hidden_size), np.float32)
-    norms = np.zeros(len(layers), np.float64)
-    with record_activations(model, layers, attn_reading) as store, torch.no_grad():
+    norms = np.zeros(len(layers), np.float64)  # [L] summed over items
+    with record_activations(model, layers, attn_reading) as acts, torch.no_grad():
         for n, (text, chosen, rejected) in enumerate(
             tqdm(pairs, desc="signals", unit="pair", disable=not progress)
         ):
-            means = []
+            means = []  # chosen, rejected: (site, layer) -> [n_embd]
             for which, answer in enumerate((chosen, rejected)):
                 ids, start = encode_pair(tokenizer, text, answer, prompt_format)
-                model(torch.tensor([ids]))
-                means.append({k: v[start:].mean(0) for k, v in store.items() if k[0] != "out"})
+                model(torch.tensor([ids], device=device))
+                means.append({(s, j): acts[(s, j)][start:].mean(0) for s in sites for j in layers})
                 if which == 0:  # residual norms over the user's own answers
                     for j, layer in enumerate(layers):
-                        norms[j] += float(store[("out", layer)][start:].norm(dim=-1).mean())
+                        norms[j] += float(acts[("out", layer)][start:].norm(dim=-1).mean())
             for i, site in enumerate(sites):
                 for j, layer in enumerate(layers):
-                    out[n, i, j] = (means[0][(site, layer)] - means[1][(site, layer)]).numpy()
+                    diff = means[0][(site, layer)] - means[1][(site, layer)]
+                    out[n, i, j] = diff.cpu().numpy()
     return Extracted(out, (norms / len(pairs)).astype(np.float32))

@@ -3,6 +3,7 @@
 At each steered decoder layer: v_attn is added to the attention block's output (every
 position), so the MLP that follows runs on the steered residual (the "re-pulse"), and v_mlp is
 added to the MLP's output. This is the oracle every llama.cpp injection path is tested against.
+In llama.cpp terms: v_attn lands on ``ffn_inp-L``, v_mlp on ``l_out-L`` (hf_layer L).
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.extract import check_layers, decoder_layers, prompt_ids, register_hooks
-from fints_edge.layers import Site
+from export.extract import (
+    HookHandles,
+    check_layers,
+    decoder_layers,
+    model_device,
+    prompt_ids,
+    register_hooks,
+)
+from fints_edge.errors import FintsEdgeError
+from fints_edge.layers import SITES, Site
 from fints_edge.profile import PromptFormat
 
 Vectors = Mapping[int, Mapping[Site, np.ndarray | torch.Tensor]]  # hf_layer -> site -> [n_embd]
@@ -24,48 +33,63 @@ Vectors = Mapping[int, Mapping[Site, np.ndarray | torch.Tensor]]  # hf_layer -> 
 def vectors_from_array(
     arr: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
 ) -> dict[int, dict[Site, np.ndarray]]:
-    """Profile layout [S, L, n_embd] -> {hf_layer: {site: vector}}."""
-    arr = np.asarray(arr, dtype=np.float32)
+    """Profile layout [S, L, n_embd] -> {hf_layer: {site: [n_embd]}}."""
+    arr = np.asarray(arr, dtype=np.float32)  # [S, L, n_embd]
+    if arr.ndim != 3 or arr.shape[:2] != (len(sites), len(layers)):
+        raise FintsEdgeError(
+            f"steering array of shape {arr.shape}: expected [sites={len(sites)}, "
+            f"layers={len(layers)}, n_embd]"
+        )
     return {
         int(layer): {site: arr[i, j] for i, site in enumerate(sites)}
         for j, layer in enumerate(layers)
     }
 
 
-@contextmanager
-def steer(model: Any, vectors: Vectors | None, strength: float = 1.0) -> Iterator[None]:
-    """Hooks that add strength * v at the attention and MLP outputs; removed in ``finally``."""
+def add_steering(model: Any, vectors: Vectors | None, strength: float = 1.0) -> HookHandles:
+    """Register the steering hooks and return their handle; call ``.remove()`` when done."""
     if not vectors:
-        yield
-        return
+        return HookHandles()
     mods = decoder_layers(model)
-    check_layers(model, sorted(vectors))
+    n_embd = model.config.hidden_size
     hooks: list[tuple[Any, str, Any]] = []
-    for layer, by_site in vectors.items():
-        for site, vec in by_site.items():
-            v = torch.as_tensor(np.asarray(vec, dtype=np.float32)) * strength
-            if site == "attn":
+    for layer in check_layers(model, sorted(vectors)):
+        for site, vec in vectors[layer].items():
+            v = torch.as_tensor(vec, dtype=torch.float32).detach().cpu() * strength  # [n_embd]
+            if v.shape != (n_embd,):
+                raise FintsEdgeError(
+                    f"{site} vector for layer {layer} has shape {tuple(v.shape)}; "
+                    f"the model needs [{n_embd}]"
+                )
+            if site == "attn":  # attention output (tuple's first item); the MLP then sees it
                 hooks.append((mods[layer].self_attn, "forward", _add_to_first(v)))
             elif site == "mlp":
-                hooks.append((mods[layer].mlp, "forward", _add(v)))
+                hooks.append((mods[layer].mlp, "forward", _add_to_first(v)))
             else:
-                raise ValueError(f"unknown site {site!r}")
-    handles = register_hooks(hooks)
+                raise FintsEdgeError(f"unknown site {site!r}: use one of {SITES}")
+    return register_hooks(hooks)  # everything validated before the first hook goes on
+
+
+@contextmanager
+def steer(model: Any, vectors: Vectors | None, strength: float = 1.0) -> Iterator[None]:
+    """Add strength * v at the attention and MLP outputs of each layer inside the block.
+
+    Example: ``with steer(model, {22: {"attn": va, "mlp": vm}}, 2.0): model.generate(...)``
+    """
+    handles = add_steering(model, vectors, strength)  # registered before the try
     try:
         yield
     finally:
         handles.remove()
 
 
-def _add(v: torch.Tensor) -> Any:
-    return lambda module, args, output: output + v.to(output.dtype)
-
-
 def _add_to_first(v: torch.Tensor) -> Any:
+    """A forward hook adding v to the output (or to its first item when it is a tuple)."""
+
     def hook(module: Any, args: Any, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (output[0] + v.to(output[0].dtype), *output[1:])
-        return output + v.to(output.dtype)
+        first = output[0] if isinstance(output, tuple) else output
+        steered = first + v.to(first.device, first.dtype)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
     return hook
 
@@ -75,7 +99,8 @@ def logits(
 ) -> np.ndarray:
     """float32 [T, vocab] for one token sequence, steered or not."""
     with torch.no_grad(), steer(model, vectors, strength):
-        return model(torch.tensor([list(ids)])).logits[0].float().numpy()
+        out = model(torch.tensor([list(ids)], device=model_device(model)))
+    return out.logits[0].float().cpu().numpy()
 
 
 def generate(
@@ -88,16 +113,16 @@ def generate(
     vectors: Vectors | None = None,
     strength: float = 1.0,
 ) -> str:
-    """Greedy steered generation; returns only the new text."""
-    ids = torch.tensor([prompt_ids(tokenizer, prompt, prompt_format)])
+    """Greedy steered generation; only the new text, special tokens skipped, stripped like
+    the on-device engine's replies."""
+    ids = torch.tensor([prompt_ids(tokenizer, prompt, prompt_format)], device=model_device(model))
+    pad = tokenizer.pad_token_id
     with torch.no_grad(), steer(model, vectors, strength):
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            pad_token_id=tokenizer.pad_token_id
-            if tokenizer.pad_token_id is not None
-            else tokenizer.eos_token_id,
+            pad_token_id=pad if pad is not None else tokenizer.eos_token_id,
         )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

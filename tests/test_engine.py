@@ -186,13 +186,32 @@ def test_chat_missing_files_are_one_line_errors(tiny, tiny_profile, tmp_path, ca
     assert code == 1 and "nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_runtime_imports_without_torch():
+def test_chat_runs_without_torch(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path):
+    """The whole on-device path, in a process where torch/transformers/optimum cannot import."""
     code = (
         "import sys\n"
         "for m in ('torch', 'transformers', 'optimum'): sys.modules[m] = None\n"
-        "import fints_edge, fints_edge.chat, fints_edge.engine, fints_edge.inject, fints_edge.encode\n"
-        "import fints_edge.index, fints_edge.aggregate, fints_edge.model\n"
-        "print('ok')\n"
+        "from fints_edge.chat import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.stdout.strip() == "ok", res.stderr
+    args = [
+        "--model",
+        str(tiny.gguf_path),
+        "--profile",
+        str(tiny_profile),
+        "--encoder",
+        str(onnx_encoder_dir),
+        "--aggregator",
+        str(onnx_aggregator_path),
+        "--prompt",
+        "a headline about the rain",
+        "--json",
+        "--max-tokens",
+        "4",
+        "--threads",
+        "1",
+    ]
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["steered"] and data["retrieved"][0]["input"] == "Write a headline about the rain."

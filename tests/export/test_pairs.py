@@ -1,0 +1,48 @@
+import pytest
+
+from export.pairs import RougeL, build_pairs, others_negative
+from fints_edge.errors import FintsEdgeError, HistoryError
+from fints_edge.history import HistoryItem
+
+
+def test_rouge_l_matches_hand_computation():
+    # LCS("the cat sat", "the cat ran") = 2 tokens; P = R = 2/3 -> F1 = 2/3
+    assert RougeL()("the cat sat", "the cat ran") == pytest.approx(2 / 3)
+
+
+def test_generated_negatives_are_filtered_with_a_retry():
+    items = [HistoryItem("q1", "sunny skies all week"), HistoryItem("q2", "market prices fall")]
+    calls = []
+
+    def negative(text, attempt):
+        calls.append((text, attempt))
+        if text == "q1":
+            return "sunny skies all week long" if attempt == 0 else "rain later"
+        return "market prices fall sharply"  # always too close
+
+    pairs, report = build_pairs(items, negative, threshold=0.15, progress=False)
+    assert [(p.index, p.rejected) for p in pairs] == [(0, "rain later")]
+    assert report.dropped == [1] and calls.count(("q2", 0)) == 1 and calls.count(("q2", 1)) == 1
+
+
+def test_given_negatives_are_trusted_unless_identical():
+    items = [HistoryItem("q", "all lowercase", rejected="All Lowercase"), HistoryItem("r", "same", rejected="same")]
+    pairs, report = build_pairs(items, None, progress=False)
+    assert len(pairs) == 1 and report.given == 1 and report.dropped == [1]
+
+
+def test_missing_negative_without_a_source_is_refused():
+    with pytest.raises(HistoryError, match="no 'rejected'"):
+        build_pairs([HistoryItem("q", "a")], None, progress=False)
+
+
+def test_no_usable_pair_is_refused():
+    with pytest.raises(FintsEdgeError, match="no usable contrast pair"):
+        build_pairs([HistoryItem("q", "a b c")], lambda t, a: "a b c", progress=False)
+
+
+def test_others_negative_is_seeded_and_stable():
+    others = [HistoryItem(f"i{k}", f"other output {k}") for k in range(10)]
+    pick = others_negative(others, seed=3)
+    assert pick("x", 0) == others_negative(others, seed=3)("x", 0)
+    assert pick("x", 0) != pick("x", 1)
