@@ -25,7 +25,7 @@ from export.pairs import (
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
-from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, utc_now
+from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised_keys, utc_now
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def build_profile(
         sites=tuple(opts.sites),
         attn_reading=opts.attn_reading,
         signals=extracted.signals.astype(np.float16),  # [N, S, L, n_embd]
-        keys=encoder.encode([p.input for p in pairs]),  # [N, D]
+        keys=normalised_keys(encoder.encode([p.input for p in pairs])),  # [N, D]
         inputs=np.asarray([p.input for p in pairs], dtype=str),
         outputs=np.asarray([p.chosen for p in pairs], dtype=str),
         timestamps=np.asarray([it.timestamp for it in kept], dtype=np.float64),

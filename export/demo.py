@@ -1,8 +1,8 @@
 """``make demo``: build a profile for a user with an unmistakable style, then chat with it.
 
 The demo user writes every headline in lowercase. Their history (export/data/demo_history.jsonl)
-pairs 30 fictional news snippets with the default model's own zero-shot headline (``rejected``)
-and the same headline in lowercase (``output``), so the contrast is pure style. Ten held-out
+pairs 36 fictional news snippets with the default model's own zero-shot headline (``rejected``)
+and the same headline in lowercase (``output``), so the contrast is pure style. Twelve held-out
 snippets are then answered unsteered and steered on the quantized GGUF, side by side, and the
 share of lowercase letters is printed for both.
 """
@@ -20,16 +20,22 @@ from fints_edge._paths import cache_dir, default_aggregator_path, default_encode
 from fints_edge.errors import FintsEdgeError
 
 DATA = Path(__file__).parent / "data"
-SNIPPETS = DATA / "news_snippets.jsonl"
+SNIPPETS = DATA / "news.jsonl"
 HISTORY = DATA / "demo_history.jsonl"
 TASK = "Write a one-line headline for this news snippet: "
 
 
 def snippets(split: str) -> list[str]:
-    """"history": 30 snippets (three per topic); "test": the other 10 (one per topic)."""
+    """History: the first three snippets of each topic (36); test: the fourth of each topic (12)."""
     with SNIPPETS.open() as f:
-        rows = [json.loads(line)["snippet"] for line in f if line.strip()]
-    return [s for i, s in enumerate(rows) if (i % 4 == 3) == (split == "test")]
+        rows = [json.loads(line) for line in f if line.strip()]
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        rank = seen[row["topic"]] = seen.get(row["topic"], 0) + 1
+        if (rank == 4) == (split == "test"):
+            out.append(row["snippet"])
+    return out
 
 
 def lowercase_share(text: str) -> float:
@@ -106,7 +112,7 @@ def run_chat(profile: Path, n: int, strength: float, mode: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=10, help="held-out inputs to answer (default: 10)")
+    p.add_argument("--n", type=int, default=12, help="held-out inputs to answer (default: 12)")
     p.add_argument("--strength", type=float, default=4.0, help="default: 4.0 (calibration.md)")
     p.add_argument("--mode", choices=["exact", "cvec"], default="exact", help="default: exact")
     p.add_argument("--rebuild", action="store_true", help="rebuild the demo profile")

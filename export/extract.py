@@ -106,7 +106,11 @@ def start_recording(
     hooks: list[tuple[Any, str, Any]] = []
     for layer in check_layers(model, layers):
         block = mods[layer]
-        put_attn, put_mlp, put_out = keep(("attn", layer)), keep(("mlp", layer)), keep(("out", layer))
+        put_attn, put_mlp, put_out = (
+            keep(("attn", layer)),
+            keep(("mlp", layer)),
+            keep(("out", layer)),
+        )
         if attn_reading == "output":  # o_proj output: first element of the attention's tuple
             hooks.append((block.self_attn, "forward", lambda m, i, o, f=put_attn: f(o[0])))
         else:  # residual after attention = the input of the post-attention norm

@@ -20,8 +20,9 @@ EXACT_BELOW = 20_000  # build the hnswlib graph only when there are more items t
 
 
 def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)  # profiles store float16 keys
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+    return x / np.maximum(norms, 1e-12)
 
 
 class Index:

@@ -71,7 +71,7 @@ class Profile:
     sites: tuple[Site, ...]  # S sites, in the order of the signals' axis 1
     attn_reading: AttnReading
     signals: np.ndarray  # float16 [N, S, L, n_embd]  chosen minus rejected, answer-token means
-    keys: np.ndarray  # float32 [N, D]  L2-normalised encoder embeddings of the inputs
+    keys: np.ndarray  # float16 [N, D]  L2-normalised encoder embeddings of the inputs
     inputs: np.ndarray  # str [N]  history inputs (for RAG prompts and "why")
     outputs: np.ndarray  # str [N]  the user's outputs
     timestamps: np.ndarray  # float64 [N]  unix seconds, NaN when unknown
@@ -126,7 +126,7 @@ class Profile:
         return replace(
             self,
             signals=np.concatenate([self.signals, signals.astype(np.float16)]),
-            keys=np.concatenate([self.keys, keys.astype(np.float32)]),
+            keys=np.concatenate([self.keys, normalised_keys(keys)]),
             inputs=np.concatenate([self.inputs, np.asarray(inputs, dtype=str)]),
             outputs=np.concatenate([self.outputs, np.asarray(outputs, dtype=str)]),
             timestamps=np.concatenate([self.timestamps, ts]),
@@ -164,8 +164,8 @@ class Profile:
             "attn_reading": np.array(self.attn_reading),
             "signals": self.signals,
             "keys": self.keys,
-            "inputs": self.inputs,
-            "outputs": self.outputs,
+            **_pack_texts("inputs", self.inputs),
+            **_pack_texts("outputs", self.outputs),
             "timestamps": self.timestamps,
             "residual_norms": self.residual_norms,
             "encoder_name": np.array(self.encoder_name),
@@ -232,8 +232,8 @@ class Profile:
                 attn_reading=_scalar(a, "attn_reading", str, source),  # type: ignore[arg-type]
                 signals=_array(a, "signals", source),
                 keys=_array(a, "keys", source),
-                inputs=_array(a, "inputs", source),
-                outputs=_array(a, "outputs", source),
+                inputs=_unpack_texts(a, "inputs", source),
+                outputs=_unpack_texts(a, "outputs", source),
                 timestamps=_array(a, "timestamps", source),
                 residual_norms=_array(a, "residual_norms", source),
                 encoder_name=_scalar(a, "encoder_name", str, source),
@@ -245,8 +245,47 @@ class Profile:
             raise ProfileError(str(e).replace(_UNSAVED, source, 1)) from None
 
 
+def normalised_keys(keys: np.ndarray) -> np.ndarray:
+    """float16 [N, D] unit rows: half the bytes of float32, cosine error ~1e-3 (top-K unchanged)."""
+    k = np.asarray(keys, dtype=np.float32)
+    return (k / np.linalg.norm(k, axis=1, keepdims=True)).astype(np.float16)
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+# -- texts: UTF-8 bytes + offsets on disk (numpy str arrays are UTF-32, padded to the longest) --
+def _pack_texts(name: str, texts: np.ndarray) -> dict[str, np.ndarray]:
+    blobs = [t.encode("utf-8") for t in texts.tolist()]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)  # [N + 1]
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    return {
+        f"{name}_utf8": np.frombuffer(b"".join(blobs), dtype=np.uint8),
+        f"{name}_offsets": offsets,
+    }
+
+
+def _unpack_texts(a: dict[str, np.ndarray], name: str, source: str) -> np.ndarray:
+    data, offsets = _array(a, f"{name}_utf8", source), _array(a, f"{name}_offsets", source)
+    ok = (
+        data.dtype == np.uint8
+        and data.ndim == 1
+        and offsets.dtype == np.int64
+        and offsets.ndim == 1
+        and offsets.size >= 1
+        and offsets[0] == 0
+        and offsets[-1] == data.size
+        and bool(np.all(np.diff(offsets) >= 0))
+    )
+    if not ok:
+        raise _fail(source, f"{name}_offsets", "does not index its UTF-8 text bytes")
+    raw = data.tobytes()
+    try:
+        texts = [raw[i:j].decode("utf-8") for i, j in zip(offsets[:-1], offsets[1:], strict=True)]
+    except UnicodeDecodeError:
+        raise _fail(source, f"{name}_utf8", "is not valid UTF-8") from None
+    return np.asarray(texts, dtype=str)
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -301,10 +340,10 @@ def _validate(p: Profile, source: str) -> None:
     need(sig.shape == expect, "signals", f"has shape {sig.shape}, expected {expect}")
     need(bool(np.isfinite(sig).all()), "signals", "contains NaN or infinity")
 
-    need(p.keys.dtype == np.float32 and p.keys.ndim == 2, "keys", "must be float32 [N, D]")
+    need(p.keys.dtype == np.float16 and p.keys.ndim == 2, "keys", "must be float16 [N, D]")
     need(p.keys.shape[0] == n, "keys", f"has {p.keys.shape[0]} rows for {n} items")
-    norms = np.linalg.norm(p.keys, axis=1)
-    need(bool(np.allclose(norms, 1.0, atol=1e-3)), "keys", "rows must be L2-normalised")
+    norms = np.linalg.norm(p.keys.astype(np.float32), axis=1)
+    need(bool(np.allclose(norms, 1.0, atol=2e-3)), "keys", "rows must be L2-normalised")
     d = p.keys.shape[1]
     probe = p.encoder_probe
     need(

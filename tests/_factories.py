@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fints_edge.profile import ModelIdentity, Profile, tokenizer_fingerprint
+from fints_edge.profile import ModelIdentity, Profile, normalised_keys, tokenizer_fingerprint
 
 
 def identity(n_layer: int = 4, n_embd: int = 8) -> ModelIdentity:
@@ -13,8 +13,7 @@ def identity(n_layer: int = 4, n_embd: int = 8) -> ModelIdentity:
 
 def profile(n: int = 5, n_layer: int = 4, n_embd: int = 8, d: int = 6, seed: int = 0) -> Profile:
     rng = np.random.default_rng(seed)
-    keys = rng.normal(size=(n, d)).astype(np.float32)
-    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    keys = normalised_keys(rng.normal(size=(n, d)))
     probe = rng.normal(size=d).astype(np.float32)
     return Profile(
         model=identity(n_layer, n_embd),

@@ -17,7 +17,7 @@ def test_lowercase_share_measure():
 
 def test_splits_are_disjoint_and_cover_every_topic():
     hist, test = snippets("history"), snippets("test")
-    assert len(hist) == 30 and len(test) == 10 and not set(hist) & set(test)
+    assert len(hist) == 36 and len(test) == 12 and not set(hist) & set(test)
 
 
 @pytest.mark.slow

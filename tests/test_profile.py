@@ -29,7 +29,7 @@ def test_round_trip_is_exact(tmp_path):
 def test_load_refuses_pickles(tmp_path):
     path = tmp_path / "evil.npz"
     arrays = profile().to_arrays()
-    arrays["inputs"] = np.array([{"x": 1}], dtype=object)
+    arrays["inputs_utf8"] = np.array([{"x": 1}], dtype=object)
     np.savez(path, **arrays)
     with pytest.raises(ProfileError, match="evil.npz"):
         Profile.load(path)
@@ -63,11 +63,13 @@ def test_missing_file_names_the_fix(tmp_path):
         ("signals", np.zeros((5, 2, 2, 8), dtype=np.float32), "float16"),
         ("signals", np.zeros((5, 2, 3, 8), dtype=np.float16), "shape"),
         ("signals", np.zeros((0, 2, 2, 8), dtype=np.float16), "empty"),
-        ("keys", np.ones((5, 6), dtype=np.float32), "L2-normalised"),
+        ("keys", np.ones((5, 6), dtype=np.float16), "L2-normalised"),
+        ("keys", np.ones((5, 6), dtype=np.float32), "float16"),
         ("layers", np.array([3, 1], dtype=np.int32), "ascending"),
         ("layers", np.array([1, 4], dtype=np.int32), "decoder indices"),
         ("sites", np.array(["attn", "ffn"]), "sites"),
-        ("inputs", np.array(["only one"]), "inputs"),
+        ("inputs_offsets", np.array([0, 3], dtype=np.int64), "inputs_offsets"),
+        ("outputs_utf8", np.array([255, 254], dtype=np.uint8), "outputs"),
     ],
 )
 def test_bad_fields_are_named(tmp_path, field, value, message):
@@ -157,6 +159,13 @@ def test_add_and_forget_items():
 def test_npz_suffix_required(tmp_path):
     with pytest.raises(ProfileError, match=".npz"):
         profile().save(tmp_path / "me.bin")
+
+
+def test_texts_are_stored_as_compact_utf8(tmp_path):
+    p = profile()
+    arrays = p.to_arrays()
+    assert arrays["inputs_utf8"].nbytes == sum(len(t.encode()) for t in p.inputs.tolist())
+    assert Profile.load(p.save(tmp_path / "me.npz")).inputs.tolist() == p.inputs.tolist()
 
 
 def test_zip_members_are_plain_arrays(tmp_path):

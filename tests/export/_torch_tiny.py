@@ -27,6 +27,8 @@ def byte_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIALS)
+    # name the model's remaining ids, so any generated token decodes to visible text
+    tok.add_tokens([f"<x{i}>" for i in range(tok.get_vocab_size(), VOCAB)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

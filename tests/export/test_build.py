@@ -53,7 +53,7 @@ def test_build_writes_a_model_bound_profile(tiny, tmp_path, onnx_encoder_dir):
     model, tok = load_hf(tiny.hf_dir)
     assert p.model == identity_from_hf(model, tok)
     enc = Encoder(onnx_encoder_dir)
-    np.testing.assert_allclose(p.keys, enc.encode([h["input"] for h in HISTORY]), atol=1e-6)
+    np.testing.assert_allclose(p.keys, enc.encode([h["input"] for h in HISTORY]), atol=1e-3)
     assert p.outputs.tolist() == [h["output"] for h in HISTORY]
     assert np.isnan(p.timestamps[0]) and p.timestamps[2] == 1700000000
     assert p.residual_norms.shape == (2,) and (p.residual_norms > 0).all()

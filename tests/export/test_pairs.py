@@ -26,7 +26,10 @@ def test_generated_negatives_are_filtered_with_a_retry():
 
 
 def test_given_negatives_are_trusted_unless_identical():
-    items = [HistoryItem("q", "all lowercase", rejected="All Lowercase"), HistoryItem("r", "same", rejected="same")]
+    items = [
+        HistoryItem("q", "all lowercase", rejected="All Lowercase"),
+        HistoryItem("r", "same", rejected="same"),
+    ]
     pairs, report = build_pairs(items, None, progress=False)
     assert len(pairs) == 1 and report.given == 1 and report.dropped == [1]
 
@@ -38,7 +41,7 @@ def test_missing_negative_without_a_source_is_refused():
 
 def test_no_usable_pair_is_refused():
     with pytest.raises(FintsEdgeError, match="no usable contrast pair"):
-        build_pairs([HistoryItem("q", "a b c")], lambda t, a: "a b c", progress=False)
+        build_pairs([HistoryItem("q", "a b c")], lambda _t, _a: "a b c", progress=False)
 
 
 def test_others_negative_is_seeded_and_stable():

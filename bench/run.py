@@ -1,0 +1,355 @@
+"""``make bench``: what steering costs on the default model (Q4_1 GGUF), measured, not typed.
+
+Variants are interleaved within every repetition so machine drift cancels; medians are reported.
+Writes bench/results.json and the table in bench/README.md (generated from the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).parent
+N_GEN = 64
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# -- llama.cpp decode / prompt speed ---------------------------------------------------------------
+def _speed(llm, prompt: list[int]) -> tuple[float, float]:
+    """(prompt tok/s, decode tok/s): the prompt in one batch, then N_GEN greedy tokens one by one."""
+    llm.reset()
+    t_prompt = _timed(lambda: llm.eval(prompt))
+    t0 = time.perf_counter()
+    for _ in range(N_GEN):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return len(prompt) / t_prompt, N_GEN / (time.perf_counter() - t0)
+
+
+def decode_bench(
+    model: Path, plan_vectors: np.ndarray, sites, layers, prompt_text: str, threads: int, reps: int
+) -> dict:
+    from fints_edge.inject import open_steerable
+
+    plain, cvec = open_steerable(model, "cvec", n_ctx=512, n_threads=threads)
+    cb_llm, exact = open_steerable(model, "exact", n_ctx=512, n_threads=threads)
+    prompt = plain.tokenize(prompt_text.encode(), add_bos=False, special=True)
+    runs: dict[str, list[tuple[float, float]]] = {"unsteered": [], "cvec": [], "exact": []}
+    try:
+        _speed(plain, prompt), _speed(cb_llm, prompt)  # warm-up
+        for _ in range(reps):
+            runs["unsteered"].append(_speed(plain, prompt))
+            cvec.set(plan_vectors, sites, layers)
+            runs["cvec"].append(_speed(plain, prompt))
+            cvec.clear()
+            exact.set(plan_vectors, sites, layers)
+            runs["exact"].append(_speed(cb_llm, prompt))
+            exact.clear()
+    finally:
+        plain.close()
+        cb_llm.close()
+    out = {}
+    for name, xs in runs.items():
+        out[f"{name}_prompt_tps"] = _median([x[0] for x in xs])
+        out[f"{name}_decode_tps"] = _median([x[1] for x in xs])
+    out["prompt_tokens"] = len(prompt)
+    return out
+
+
+# -- per-request set-up -------------------------------------------------------------------------------
+def setup_bench(
+    n_items: int, encoder, aggregator, injector, queries: list[str], sites, layers, n_embd: int
+) -> dict:
+    from fints_edge.aggregate import AggregateParams
+    from fints_edge.index import Index
+
+    rng = np.random.default_rng(n_items)
+    keys = rng.normal(size=(n_items, encoder.dim)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=1, keepdims=True)
+    signals = (
+        rng.normal(size=(n_items, len(sites), len(layers), n_embd))
+        .astype(np.float16)
+        .astype(np.float32)
+    )
+    t0 = time.perf_counter()
+    index = Index(keys)
+    build_ms = (time.perf_counter() - t0) * 1e3
+    params = AggregateParams(strength=4.0)
+    stages: dict[str, list[float]] = {"encode": [], "retrieve": [], "aggregate": [], "apply": []}
+    for q in queries * 2:
+        t0 = time.perf_counter()
+        query = encoder.encode([q])[0]
+        t1 = time.perf_counter()
+        ids, sims = index.top_k(query, 5)
+        t2 = time.perf_counter()
+        agg = aggregator(sims, signals[ids], params)
+        t3 = time.perf_counter()
+        injector.set(agg.vectors, sites, layers)
+        t4 = time.perf_counter()
+        injector.clear()
+        for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            stages[k].append(dt * 1e3)
+    out = {f"{k}_ms": _median(v) for k, v in stages.items()}
+    out["total_ms"] = _median([sum(x) for x in zip(*stages.values(), strict=True)])
+    out["index_build_ms"] = build_ms
+    out["index_uses_graph"] = index.uses_graph
+    return out
+
+
+# -- torch reference vs edge ---------------------------------------------------------------------------
+def torch_decode_tps(
+    plan_vectors, sites, layers, prompt_text: str, threads: int, reps: int
+) -> float:
+    import torch
+
+    from export.extract import prompt_ids
+    from export.models import load_hf
+    from export.reference import steer, vectors_from_array
+    from fints_edge._paths import default_gguf
+
+    torch.set_num_threads(threads)
+    model, tok = load_hf(default_gguf())
+    ids = torch.tensor([prompt_ids(tok, prompt_text, "chat")])
+    vectors = vectors_from_array(plan_vectors, sites, layers)
+    speeds = []
+    with torch.no_grad(), steer(model, vectors):
+        for _ in range(reps):
+            t = _timed(
+                lambda: model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=N_GEN,
+                    min_new_tokens=N_GEN,
+                    do_sample=False,
+                    pad_token_id=tok.eos_token_id,
+                )
+            )
+            speeds.append(N_GEN / t)
+    return _median(speeds)
+
+
+def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
+    """Peak RSS of a fresh `python -m fints_edge.chat --prompt ... --json` process."""
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "fints_edge.chat",
+        "--profile",
+        str(profile),
+        "--prompt",
+        prompt,
+        "--json",
+        "--max-tokens",
+        "32",
+        "--threads",
+        "1",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True
+    )
+    return int(out.stdout.strip()) / 1024  # ru_maxrss is KiB on Linux
+
+
+def profile_size(profile) -> dict:
+    """Bytes per item of a 1,000-item profile made of the demo's real items (texts included)."""
+    reps = -(-1000 // profile.n_items)
+    p = profile
+    for _ in range(reps - 1):
+        p = p.with_items(
+            profile.signals, profile.keys, profile.inputs.tolist(), profile.outputs.tolist()
+        )
+    with tempfile.TemporaryDirectory() as d:
+        size = p.save(Path(d) / "p.npz").stat().st_size
+    per_item = size / p.n_items
+    return {
+        "profile_bytes_per_item": per_item,
+        "profile_bytes_per_item_per_layer": per_item / p.layers.size,
+        "profile_layers": int(p.layers.size),
+    }
+
+
+def build_throughput(threads: int) -> float:
+    """Signal extraction items/s with torch (HF fp32) on the demo history."""
+    import torch
+
+    from export.demo import HISTORY
+    from export.extract import extract_signals
+    from export.models import load_hf
+    from fints_edge._paths import default_gguf
+    from fints_edge.history import read_history
+
+    torch.set_num_threads(threads)
+    model, tok = load_hf(default_gguf())
+    items = read_history(HISTORY)
+    pairs = [(i.input, i.output, i.rejected or "") for i in items]
+    t = _timed(lambda: extract_signals(model, tok, pairs, [22], progress=False))
+    return len(pairs) / t
+
+
+# -- driver ---------------------------------------------------------------------------------------------
+def run(reps: int, sizes: Sequence[int]) -> dict:
+    from export.demo import TASK, ensure_profile, snippets
+    from fints_edge._paths import default_aggregator_path, default_encoder_dir, default_gguf
+    from fints_edge.aggregate import OnnxAggregator
+    from fints_edge.encode import Encoder
+    from fints_edge.engine import Engine, EngineConfig
+    from fints_edge.inject import open_steerable
+    from fints_edge.profile import Profile
+
+    model = default_gguf()
+    profile_path = ensure_profile()
+    profile = Profile.load(profile_path)
+    prompt_text = TASK + snippets("test")[0]
+    with Engine(model, profile_path, EngineConfig(threads=1)) as engine:
+        plan = engine.plan(prompt_text)
+        prompt_rendered = engine._prompt_tokens(engine.messages(prompt_text, None))
+        prompt_str = engine.llm.detokenize(prompt_rendered, special=True).decode()
+    sites, layers = profile.sites, profile.layers.tolist()
+    results: dict = {"model": model.name, "n_gen": N_GEN, "reps": reps}
+
+    for threads in (1, 2):
+        print(f"decode/prompt speed, {threads} thread(s)...", file=sys.stderr)
+        results[f"speed_t{threads}"] = decode_bench(
+            model, plan.vectors, sites, layers, prompt_str, threads, reps
+        )
+
+    print("per-request set-up...", file=sys.stderr)
+    encoder = Encoder(default_encoder_dir(), threads=1)
+    aggregator = OnnxAggregator(default_aggregator_path(), threads=1)
+    llm, injector = open_steerable(model, "cvec", n_ctx=256, n_threads=1)
+    queries = [TASK + s for s in snippets("test")]
+    for n in sizes:
+        results[f"setup_{n}"] = setup_bench(
+            n, encoder, aggregator, injector, queries, sites, layers, profile.n_embd
+        )
+    llm.close()
+
+    print("torch reference decode...", file=sys.stderr)
+    results["torch_decode_tps_t1"] = torch_decode_tps(
+        plan.vectors, sites, layers, prompt_text, 1, max(2, reps // 2)
+    )
+    print("chat peak RSS, profile size, build throughput...", file=sys.stderr)
+    results["chat_peak_rss_mb"] = chat_peak_rss_mb(profile_path, prompt_text)
+    results.update(profile_size(profile))
+    results["build_items_per_s_torch"] = build_throughput(2)
+
+    s1 = results["speed_t1"]
+    results["cvec_decode_ratio"] = s1["cvec_decode_tps"] / s1["unsteered_decode_tps"]
+    results["exact_decode_ratio"] = s1["exact_decode_tps"] / s1["unsteered_decode_tps"]
+    results["setup_ms_1k"] = results.get("setup_1000", {}).get("total_ms")
+    results["setup_ms_10k"] = results.get("setup_10000", {}).get("total_ms")
+    results["edge_vs_torch_decode_speedup"] = (
+        s1["exact_decode_tps"] / results["torch_decode_tps_t1"]
+    )
+    return results
+
+
+TARGETS = {
+    "cvec_decode_ratio": (">=", 0.98),
+    "exact_decode_ratio": (">=", 0.90),
+    "setup_ms_1k": ("<=", 5.0),
+    "edge_vs_torch_decode_speedup": (">=", 5.0),
+    "profile_bytes_per_item_per_layer": ("<=", 4096),
+}
+
+
+def render_readme(r: dict) -> str:
+    def met(key: str) -> str:
+        op, goal = TARGETS[key]
+        ok = r[key] >= goal if op == ">=" else r[key] <= goal
+        return f"{op} {goal:g}: {'met' if ok else 'MISSED'}"
+
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`python -m bench.run`) from `bench/results.json`; model {r['model']},",
+        f"{r['n_gen']} generated tokens per run, {r['reps']} interleaved repetitions, medians. Do not edit by hand.",
+        "",
+        "## Headline figures",
+        "",
+        "| key | value | target |",
+        "|---|---|---|",
+    ]
+    for key in (
+        "cvec_decode_ratio",
+        "exact_decode_ratio",
+        "setup_ms_1k",
+        "setup_ms_10k",
+        "edge_vs_torch_decode_speedup",
+        "profile_bytes_per_item",
+        "profile_bytes_per_item_per_layer",
+        "chat_peak_rss_mb",
+        "build_items_per_s_torch",
+    ):
+        if r.get(key) is None:
+            continue
+        lines.append(f"| `{key}` | {r[key]:.3f} | {met(key) if key in TARGETS else ''} |")
+    lines += [
+        "",
+        "## Speed (tokens/s)",
+        "",
+        "| threads | variant | prompt | decode |",
+        "|---|---|---|---|",
+    ]
+    for t in (1, 2):
+        s = r[f"speed_t{t}"]
+        for v in ("unsteered", "cvec", "exact"):
+            lines.append(f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |")
+    lines.append(f"| 1 | torch fp32 reference (hooks) | | {r['torch_decode_tps_t1']:.1f} |")
+    lines += [
+        "",
+        "## Per-request steering set-up (ms, 1 thread)",
+        "",
+        "| items | encode | retrieve | aggregate | apply | total | index build |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(k for k in r if k.startswith("setup_") and isinstance(r[k], dict)):
+        s = r[key]
+        lines.append(
+            f"| {key[6:]} | {s['encode_ms']:.2f} | {s['retrieve_ms']:.3f} | {s['aggregate_ms']:.3f} | "
+            f"{s['apply_ms']:.3f} | {s['total_ms']:.2f} | {s['index_build_ms']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default: 5)")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[100, 1000, 10000], help="profile sizes for set-up"
+    )
+    p.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    results = run(args.reps, args.sizes)
+    results["bench_seconds"] = time.perf_counter() - t0
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    (args.out.parent / "README.md").write_text(render_readme(results))
+    print(render_readme(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
