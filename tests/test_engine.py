@@ -135,17 +135,19 @@ def _chat(args, capsys):
     return code, out.out, out.err
 
 
-def test_chat_json_one_shot(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path, capsys):
+@pytest.fixture
+def files(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path):
+    """The chat's file flags for the tiny model and its profile."""
+    return [
+        *("--model", str(tiny.gguf_path), "--profile", str(tiny_profile)),
+        *("--encoder", str(onnx_encoder_dir), "--aggregator", str(onnx_aggregator_path)),
+    ]
+
+
+def test_chat_json_one_shot(files, capsys):
     code, out, _ = _chat(
         [
-            "--model",
-            str(tiny.gguf_path),
-            "--profile",
-            str(tiny_profile),
-            "--encoder",
-            str(onnx_encoder_dir),
-            "--aggregator",
-            str(onnx_aggregator_path),
+            *files,
             "--prompt",
             "a headline about the vaccine",
             "--json",
@@ -188,7 +190,7 @@ def test_chat_missing_files_are_one_line_errors(tiny, tiny_profile, tmp_path, ca
     assert code == 1 and "nope" in err and len(err.strip().splitlines()) == 1
 
 
-def test_chat_runs_without_torch(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path):
+def test_chat_runs_without_torch(files):
     """The whole on-device path, in a process where torch/transformers/optimum cannot import."""
     code = (
         "import sys\n"
@@ -197,14 +199,7 @@ def test_chat_runs_without_torch(tiny, tiny_profile, onnx_encoder_dir, onnx_aggr
         "sys.exit(main(sys.argv[1:]))\n"
     )
     args = [
-        "--model",
-        str(tiny.gguf_path),
-        "--profile",
-        str(tiny_profile),
-        "--encoder",
-        str(onnx_encoder_dir),
-        "--aggregator",
-        str(onnx_aggregator_path),
+        *files,
         "--prompt",
         "a headline about the rain",
         "--json",
