@@ -1,0 +1,191 @@
+"""``python -m export.personas``: a synthetic persona benchmark with checkable styles.
+
+Every user owns a style (export/styles.py). For each input of a shared pool the base model's own
+greedy answer is the neutral ``rejected`` text and the user's ``output`` is that answer in the
+user's style, so a method's adherence can be checked on any generated text. Users draw disjoint
+history, dev and test inputs from the pool (seeded). ``--shift`` makes preference-shift users: the
+first half of the history follows style A, the second half and all dev/test items style B.
+
+Output (one JSON object per line, documented in the README):
+``{"user", "style", "split": "history"|"dev"|"test", "input", "output", "rejected", "timestamp"}``
+plus ``styles.json`` (the styles used) and ``manifest.json`` (the command's parameters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from export.styles import Style, load_styles
+from fints_edge._paths import cache_dir, default_gguf
+from fints_edge.errors import FintsEdgeError
+
+POOL_DIR = Path(__file__).parent / "data" / "pool"
+DEFAULT_STYLES = Path(__file__).parent / "data" / "styles.json"
+# Raw snippets become tasks; the other kinds are already phrased as requests.
+TASK_PREFIX = {"news": "Write a one-line headline for this news snippet: "}
+T0 = 1_700_000_000  # history timestamps start here, one day apart
+
+
+def load_pool(folder: Path = POOL_DIR) -> list[str]:
+    """Model inputs from every *.jsonl in the pool folder, in file and line order."""
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise FintsEdgeError(f"{folder}: no *.jsonl input pool files")
+    inputs = []
+    for f in files:
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    inputs.append(TASK_PREFIX.get(row["kind"], "") + row["text"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise FintsEdgeError(f"{f}:{n}: expected {{'id', 'kind', 'text'}}") from None
+    return inputs
+
+
+def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> dict[str, str]:
+    """The model's greedy zero-shot answers, cached per model file and input set."""
+    from fints_edge.model import chat_prompt, open_llama
+
+    key = hashlib.sha256(
+        (str(model.resolve()) + str(model.stat().st_size) + "\0".join(inputs)).encode()
+    ).hexdigest()[:16]
+    cache = cache_dir() / "base-answers" / f"{key}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    llm = open_llama(model, n_ctx=1024)
+    answers = {}
+    try:
+        for text in tqdm(inputs, desc="base answers", unit="input"):
+            llm.reset()
+            out = llm.create_completion(
+                chat_prompt(llm, [{"role": "user", "content": text}]),
+                max_tokens=max_tokens,
+                temperature=0.0,
+            )
+            answers[text] = out["choices"][0]["text"].strip()
+    finally:
+        llm.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(answers))
+    tmp.replace(cache)
+    return answers
+
+
+def build_rows(
+    inputs: Sequence[str],
+    answers: dict[str, str],
+    styles: Sequence[Style],
+    *,
+    users: int,
+    history: int,
+    tests: int,
+    seed: int,
+    shift: bool,
+) -> list[dict]:
+    need = history + 2 * tests
+    if need > len(inputs):
+        raise FintsEdgeError(
+            f"each user needs {need} inputs (history + dev + test) but the pool has {len(inputs)}"
+        )
+    if shift and len(styles) < 2:
+        raise FintsEdgeError(
+            "--shift needs at least two styles (each user moves from one to the next)"
+        )
+    rows = []
+    for u in range(users):
+        rng = random.Random(f"{seed}:{u}")
+        picked = rng.sample(list(inputs), need)
+        after = styles[u % len(styles)]
+        before = styles[(u + 1) % len(styles)] if shift else after
+        for i, text in enumerate(picked):
+            split = "history" if i < history else ("dev" if i < history + tests else "test")
+            style = before if split == "history" and i < history // 2 else after
+            base = answers[text]
+            styled = style.apply(base)
+            if not base or styled == base:
+                continue  # no usable contrast for this input
+            rows.append(
+                {
+                    "user": f"u{u:03d}",
+                    "style": style.name,
+                    "split": split,
+                    "input": text,
+                    "output": styled,
+                    "rejected": base,
+                    "timestamp": T0 + 86_400 * i if split == "history" else None,
+                }
+            )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m export.personas", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--styles",
+        type=Path,
+        default=DEFAULT_STYLES,
+        help="style spec JSON (default: the bundled one)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, default=12, help="default: 12")
+    p.add_argument("--history", type=int, default=16, help="history items per user (default: 16)")
+    p.add_argument(
+        "--tests", type=int, default=10, help="dev AND test items per user, each (default: 10)"
+    )
+    p.add_argument(
+        "--shift", action="store_true", help="preference-shift users (style changes mid-history)"
+    )
+    p.add_argument(
+        "--model", type=Path, help="GGUF for the neutral answers (default: the embedded SmolLM2)"
+    )
+    p.add_argument("--pool", type=Path, default=POOL_DIR, help="folder of input pool *.jsonl files")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    args = p.parse_args(argv)
+    try:
+        if min(args.users, args.history, args.tests) < 1:
+            raise FintsEdgeError("--users, --history and --tests must be at least 1")
+        styles = load_styles(args.styles)
+        inputs = load_pool(args.pool)
+        model = args.model or default_gguf()
+        rows = build_rows(
+            inputs,
+            base_answers(inputs, model),
+            styles,
+            users=args.users,
+            history=args.history,
+            tests=args.tests,
+            seed=args.seed,
+            shift=args.shift,
+        )
+    except FintsEdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (args.out / "styles.json").write_text(
+        json.dumps({"styles": [s.to_json() for s in styles]}, indent=2)
+    )
+    manifest = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    (args.out / "manifest.json").write_text(
+        json.dumps(manifest | {"model": str(model), "rows": len(rows)}, indent=2)
+    )
+    print(
+        f"wrote {args.out}/dataset.jsonl: {len(rows)} rows for {args.users} users", file=sys.stderr
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
