@@ -124,7 +124,6 @@ class Engine:
             )
             self._stack.callback(self.llm.close)
             self.profile.check_model(identity_from_llama(self.llm), profile_path)
-            self._signals = self.profile.signals.astype(np.float32)  # [N, S, L, n_embd]
         except BaseException:
             self._stack.close()
             raise
@@ -175,7 +174,7 @@ class Engine:
             sim_floor=c.sim_floor,
             sim_full=c.sim_full,
         )
-        agg = self.aggregator(sims, self._signals[ids], params)
+        agg = self.aggregator(sims, self.profile.signals[ids], params)  # float16 [K, S, L, n_embd]
         vectors = self._select_sites(agg.vectors)
         t3 = time.perf_counter()
         retrieved: list[Retrieved] = [
