@@ -248,6 +248,49 @@ def build_throughput(threads: int) -> float:
     return len(pairs) / t
 
 
+def learn_bench(model: Path, torch_profile, threads: int, n_add: int = 5) -> dict:
+    """On-device learning with the Q4 model: seconds to add one item whose negative must be
+    generated (``learn_item_s``), build items/s with given negatives, and the cosine of
+    device-built signals to the torch fp32 ones for the same demo items."""
+    from export.demo import HISTORY
+    from fints_edge._paths import default_encoder_dir
+    from fints_edge.encode import Encoder
+    from fints_edge.history import HistoryItem, read_history
+    from fints_edge.inject import open_steerable
+    from fints_edge.learn import Learner, extractor_for
+
+    items = read_history(HISTORY)
+    llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
+    try:
+        learner = Learner(
+            extractor_for(llm, injector, torch_profile), Encoder(default_encoder_dir())
+        )
+        t0 = time.perf_counter()
+        built = learner.learn(items, progress=False)
+        build_s = time.perf_counter() - t0
+        # No negative given, so the model generates one. The demo user's outputs are lowercased
+        # model answers that the ROUGE-L filter would reject; another item's output keeps the
+        # timing honest (a generation, the filter, two answer decodes) without that.
+        fresh = [
+            HistoryItem(a.input, b.output) for a, b in zip(items[:n_add], items[1:], strict=False)
+        ]
+        add_s = [_timed(lambda it=it: learner.learn([it], progress=False)) for it in fresh]
+    finally:
+        llm.close()
+    dev = built.signals.astype(np.float64)
+    ref = torch_profile.signals.astype(np.float64)
+    cos = (dev * ref).sum(-1) / np.linalg.norm(dev, axis=-1) / np.linalg.norm(ref, axis=-1)
+    out = {
+        "learn_item_s": _median(add_s),
+        "build_items_per_s_device": len(items) / build_s,
+        "threads": threads,
+    }
+    for i, site in enumerate(torch_profile.sites):
+        out[f"device_vs_torch_cosine_{site}_median"] = float(np.median(cos[:, i]))
+        out[f"device_vs_torch_cosine_{site}_min"] = float(cos[:, i].min())
+    return out
+
+
 # -- driver ---------------------------------------------------------------------------------------------
 def run(reps: int, sizes: Sequence[int]) -> dict:
     from export.demo import TASK, ensure_profile, snippets
@@ -295,6 +338,10 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     results["chat_peak_rss_mb"] = chat_peak_rss_mb(profile_path, prompt_text)
     results.update(profile_size(profile))
     results["build_items_per_s_torch"] = build_throughput(2)
+    print("on-device learning...", file=sys.stderr)
+    results["learn"] = learn_bench(model, profile, threads=2)
+    results["learn_item_s"] = results["learn"]["learn_item_s"]
+    results["build_items_per_s_device"] = results["learn"]["build_items_per_s_device"]
 
     s1 = results["speed_t1"]
     results["cvec_decode_ratio"] = s1["cvec_decode_tps"] / s1["unsteered_decode_tps"]
@@ -347,6 +394,8 @@ def render_readme(r: dict) -> str:
         "profile_bytes_per_item_per_layer",
         "chat_peak_rss_mb",
         "build_items_per_s_torch",
+        "build_items_per_s_device",
+        "learn_item_s",
     ):
         if r.get(key) is None:
             continue
@@ -375,6 +424,25 @@ def render_readme(r: dict) -> str:
         lines.append(
             f"| {key[6:]} | {s['encode_ms']:.2f} | {s['retrieve_ms']:.3f} | {s['aggregate_ms']:.3f} | "
             f"{s['apply_ms']:.3f} | {s['total_ms']:.2f} | {s['index_build_ms']:.1f} |"
+        )
+    if "learn" in r:
+        lr = r["learn"]
+        lines += [
+            "",
+            f"## On-device learning (Q4 model, {lr['threads']} threads)",
+            "",
+            "| site | cosine to torch fp32 signals, median | min |",
+            "|---|---|---|",
+        ]
+        for site in ("attn", "mlp"):
+            if f"device_vs_torch_cosine_{site}_median" in lr:
+                lines.append(
+                    f"| {site} | {lr[f'device_vs_torch_cosine_{site}_median']:.4f} | "
+                    f"{lr[f'device_vs_torch_cosine_{site}_min']:.4f} |"
+                )
+        lines.append(
+            f"\n`learn_item_s` {lr['learn_item_s']:.2f} s: one item whose negative the model "
+            "generates (48 tokens), then the prompt and both answers decoded with the callback."
         )
     e = r["encoder"]
     lines += [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.pairs import (
+from fints_edge.pairs import (
     DEFAULT_ROUGE_THRESHOLD,
     NEGATIVE_SOURCES,
     NegativeFn,

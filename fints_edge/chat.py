@@ -23,6 +23,9 @@ HELP = """commands:
   /rag N            how many retrieved items to show the model as earlier turns (0 = none)
   /why [TEXT]       the retrieved history items and their weights for TEXT (default: last input)
   /compare [TEXT]   unsteered and steered answers side by side (default: last input)
+  /want TEXT        TEXT is the answer you wanted for the last input: learn it now
+  /good             the last answer was right for you: learn it now
+  /forget [ID]      drop history item ID from the profile (default: the last one learned)
   /help             this list
   /quit             leave (Ctrl-D works too)"""
 
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fints_edge.chat",
         description="Chat with a llama.cpp model steered toward one user's style (Fints).",
-        epilog="Interactive commands: /steer, /strength, /k, /rag, /why, /compare, /help, /quit.",
+        epilog="Interactive commands: /steer, /strength, /k, /rag, /why, /compare, /want, /good, "
+        "/forget, /help, /quit. /want, /good and /forget update the profile file at once.",
     )
     files = p.add_argument_group("files")
     files.add_argument(
@@ -82,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate",
         metavar="FLOOR:FULL",
         help="fade steering out when the best similarity is below FULL, off at FLOOR (default: off)",
+    )
+    steer.add_argument(
+        "--half-life",
+        dest="half_life_days",
+        type=float,
+        default=d.half_life_days,
+        metavar="DAYS",
+        help="favour recent items: weight halves every DAYS before the newest item (default: off)",
     )
     steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
 
@@ -145,6 +157,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise FintsEdgeError("need -k >= 1, --max-tokens >= 1, --rag >= 0 and --n-ctx >= 64")
     if args.threads is not None and args.threads < 1:
         raise FintsEdgeError("--threads must be at least 1")
+    if not args.half_life_days >= 0:
+        raise FintsEdgeError("--half-life must be >= 0 days (0 = off)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +255,7 @@ def _interactive(engine, *, steer: bool) -> int:
         f"fints-edge chat: {engine.profile.n_items} history items, mode {engine.config.mode}, "
         f"steering {'on' if steer else 'off'}. /help for commands."
     )
-    last = ""
+    session = _Session()
     while True:
         try:
             line = input("you> ").strip()
@@ -251,9 +265,9 @@ def _interactive(engine, *, steer: bool) -> int:
         if not line:
             continue
         if not line.startswith("/"):
-            last = line
             print("bot> ", end="", flush=True)
-            _stream_to_stdout(engine, line, steer=steer)
+            reply = _stream_to_stdout(engine, line, steer=steer)
+            session.heard(line, reply.text if reply else "", steer)
             continue
         cmd, _, rest = line.partition(" ")
         rest = rest.strip()
@@ -274,10 +288,10 @@ def _interactive(engine, *, steer: bool) -> int:
             elif cmd == "/rag":
                 print(f"rag {engine.configure(rag=int(rest)).rag}")
             elif cmd == "/why":
-                _print_why(engine, rest or last or _need_input())
+                _print_why(engine, rest or session.input or _need_input())
             elif cmd == "/compare":
-                text = rest or last or _need_input()
-                last = text
+                text = rest or session.input or _need_input()
+                session.input = text
                 plan = engine.plan(text)
                 print(
                     side_by_side(
@@ -285,12 +299,60 @@ def _interactive(engine, *, steer: bool) -> int:
                         engine.reply(text, plan=plan).text,
                     )
                 )
+            elif cmd in ("/want", "/good", "/forget"):
+                _feedback(engine, session, cmd, rest)
             else:
                 print(f"unknown command {cmd}; /help lists them")
         except ValueError:
             print(f"{cmd} needs a number")
         except FintsEdgeError as e:
             print(f"error: {e}")
+
+
+class _Session:
+    """What feedback commands refer to: the last exchange and the last item learned."""
+
+    def __init__(self) -> None:
+        self.input = ""
+        self.answer = ""
+        self.steered = False
+        self.learned: int | None = None
+
+    def heard(self, text: str, answer: str, steered: bool) -> None:
+        self.input, self.answer, self.steered = text, answer, steered
+
+
+def _feedback(engine, session: _Session, cmd: str, rest: str) -> None:
+    import time
+
+    if cmd == "/forget":
+        item = int(rest) if rest else session.learned
+        if item is None:
+            raise FintsEdgeError("usage: /forget ID (the ids are shown by /why)")
+        engine.forget(item)
+        session.learned = None if item == session.learned else session.learned
+        print(f"forgot item #{item}; {engine.profile.n_items} items left")
+        return
+    if not session.input:
+        raise FintsEdgeError("no answer yet to give feedback on: type a message first")
+    if cmd == "/want":
+        if not rest:
+            raise FintsEdgeError("usage: /want THE ANSWER YOU WANTED")
+        chosen, rejected = rest, session.answer or None
+    else:
+        if not session.steered:
+            raise FintsEdgeError(
+                "the last answer was the model's own (steering off): it has nothing personal "
+                "to learn; use /want TEXT with the answer you wanted"
+            )
+        chosen, rejected = session.answer, None  # contrast: the model's own unsteered answer
+    t0 = time.perf_counter()
+    item = engine.learn(session.input, chosen, rejected)
+    session.learned = item
+    print(
+        f"learned item #{item} in {time.perf_counter() - t0:.1f} s; "
+        f"{engine.profile.n_items} items in {engine.profile_path}"
+    )
 
 
 def _need_input() -> str:

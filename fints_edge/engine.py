@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import numpy as np
 
@@ -19,11 +19,15 @@ from fints_edge._paths import default_aggregator_path, default_encoder_dir
 from fints_edge.aggregate import AggregateParams, OnnxAggregator
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
+from fints_edge.history import HistoryItem
 from fints_edge.index import Index
-from fints_edge.inject import MODES, Mode, open_steerable, steered
+from fints_edge.inject import MODES, CallbackInjector, Mode, open_steerable, steered
 from fints_edge.layers import Site
 from fints_edge.model import check_gguf, identity_from_llama
 from fints_edge.profile import Profile
+
+if TYPE_CHECKING:  # learning pulls in rouge-score; chat-only sessions do not pay for it
+    from fints_edge.learn import Learner
 
 RagFormat = Literal["turns", "inline"]
 
@@ -40,6 +44,9 @@ class EngineConfig:
     sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
     sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate
     sites: tuple[Site, ...] | None = None  # None = every site in the profile
+    half_life_days: float = (
+        0.0  # recency: an item this much older than the newest weighs half; 0 = off
+    )
     rag: int = 0  # history examples put in the prompt (as earlier chat turns)
     max_tokens: int = 128
     n_ctx: int = 2048
@@ -102,7 +109,7 @@ class Engine:
         self._check_config(self.config)
         self._stack = ExitStack()
         try:
-            check_gguf(model_path)  # cheap file checks first, heavy loading last
+            self.model_path = check_gguf(model_path)  # cheap file checks first, heavy loading last
             self.profile_path = Path(profile_path)
             self.profile = Profile.load(profile_path)
             self.encoder = Encoder(
@@ -127,6 +134,7 @@ class Engine:
         except BaseException:
             self._stack.close()
             raise
+        self._learner: Learner | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
@@ -158,6 +166,8 @@ class Engine:
             raise FintsEdgeError(f"K must be at least 1, got {c.k}")
         if c.rag < 0 or c.max_tokens < 1:
             raise FintsEdgeError("rag must be >= 0 and max_tokens >= 1")
+        if not c.half_life_days >= 0:
+            raise FintsEdgeError(f"half-life must be >= 0 days (0 = off), got {c.half_life_days}")
 
     # -- one request --------------------------------------------------------------------------
     def plan(self, text: str) -> Plan:
@@ -173,6 +183,7 @@ class Engine:
             strength=c.strength,
             sim_floor=c.sim_floor,
             sim_full=c.sim_full,
+            item_weights=recency_weights(self.profile.timestamps, ids, c.half_life_days),
         )
         agg = self.aggregator(sims, self.profile.signals[ids], params)  # float16 [K, S, L, n_embd]
         vectors = self._select_sites(agg.vectors)
@@ -260,6 +271,49 @@ class Engine:
         assert isinstance(last, Reply)
         return last
 
+    # -- learning on the device ---------------------------------------------------------------
+    def learn(self, text: str, chosen: str, rejected: str | None = None) -> int:
+        """Make (text -> chosen) a history item now, the profile file updated atomically.
+
+        ``rejected`` is the answer the user did not want; without it the model's own unsteered
+        answer is generated as the contrast. Returns the new item's id.
+        """
+        item = HistoryItem(text.strip(), chosen.strip(), rejected, time.time())
+        if not item.input or not item.output:
+            raise FintsEdgeError("both the input and the wanted answer must be non-empty")
+        profile = self.learner().extend(self.profile, [item], progress=False)
+        self._adopt(profile)
+        return profile.n_items - 1
+
+    def forget(self, item: int) -> None:
+        """Drop history item ``item`` from the profile and its file."""
+        self._adopt(self.profile.without_item(item))
+
+    def _adopt(self, profile: Profile) -> None:
+        profile.save(self.profile_path)  # the old file stays whole until this succeeds
+        self.profile = profile
+        self.index = Index(profile.keys)
+
+    def learner(self) -> Learner:
+        """The on-device learner; a cvec engine opens a second, callback-enabled context once."""
+        from fints_edge.learn import Learner, extractor_for
+
+        if self._learner is None:
+            llm, injector = self.llm, self.injector
+            if not isinstance(injector, CallbackInjector):
+                llm, injector = open_steerable(
+                    self.model_path,
+                    "exact",
+                    n_ctx=self.config.n_ctx,
+                    n_threads=self.config.threads,
+                    seed=self.config.seed,
+                )
+                self._stack.callback(llm.close)
+            self._learner = Learner(
+                extractor_for(llm, injector, self.profile), self.encoder, seed=self.config.seed
+            )
+        return self._learner
+
     def _steering(self, vectors: np.ndarray | None) -> Any:
         if vectors is None:
             return ExitStack()  # nothing to set, nothing to clear
@@ -279,3 +333,19 @@ class Engine:
                 "shorten the input, lower --rag/--max-tokens, or raise --n-ctx"
             )
         return tokens
+
+
+def recency_weights(
+    timestamps: np.ndarray, ids: np.ndarray, half_life_days: float
+) -> np.ndarray | None:
+    """Prior weights 0.5 ** (age / half-life) for the retrieved items, age measured from the
+    profile's newest item (not the clock: a profile left alone keeps steering the same way).
+    Items without a timestamp count as new. None when recency is off."""
+    if half_life_days <= 0:
+        return None
+    known = timestamps[np.isfinite(timestamps)]
+    if known.size == 0:
+        return None
+    age_days = (known.max() - timestamps[ids]) / 86400.0
+    age_days = np.where(np.isfinite(age_days), np.maximum(age_days, 0.0), 0.0)
+    return (0.5 ** (age_days / half_life_days)).astype(np.float32)

@@ -162,6 +162,8 @@ class CallbackInjector:
         self.n_embd = n_embd
         self._lib = _ggml()
         self._targets: dict[bytes, np.ndarray] = {}  # tensor name -> float32 [n_embd]
+        self._taps: dict[bytes, list[np.ndarray]] = {}  # tensor name -> copied [rows, n_embd]
+        self._tap_error: str | None = None
         self.calls = 0  # in-place additions done (tests and benchmarks read it)
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
 
@@ -182,18 +184,41 @@ class CallbackInjector:
     def clear(self) -> None:
         self._targets = {}
 
+    @contextmanager
+    def tapping(self, names: Sequence[str]) -> Iterator[dict[str, list[np.ndarray]]]:
+        """Copy the named graph tensors as they are computed: name -> [rows, n_embd] per
+        micro-batch, in order. Used for on-device signal extraction (``fints_edge.extract``)."""
+        self._taps = {n.encode(): [] for n in names}
+        self._tap_error = None
+        out: dict[str, list[np.ndarray]] = {}
+        try:
+            yield out
+        finally:
+            taps, self._taps = self._taps, {}
+            out.update({k.decode(): v for k, v in taps.items()})
+        if self._tap_error:
+            raise FintsEdgeError(self._tap_error)
+
     def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        if not self._targets:
+        if not self._targets and not self._taps:
             return not ask  # ask: "nothing needed"; compute: True means "go on"
         name = self._lib.ggml_get_name(tensor)
         vec = self._targets.get(name)
+        tap = self._taps.get(name)
         if ask:
-            return vec is not None
+            return vec is not None or tap is not None
         if vec is not None:
-            self._add(tensor, vec, name)
+            self._rows(tensor, name)[...] += vec
+            self.calls += 1
+        if tap is not None:
+            try:
+                tap.append(self._rows(tensor, name).copy())
+            except FintsEdgeError as e:  # raised after the decode, not inside C
+                self._tap_error = str(e)
         return True
 
-    def _add(self, tensor: int, vec: np.ndarray, name: bytes) -> None:
+    def _rows(self, tensor: int, name: bytes) -> np.ndarray:
+        """The tensor's data as a writable float32 [rows, n_embd] view."""
         ggml_type = ctypes.c_int32.from_address(tensor).value  # first field of struct ggml_tensor
         n = self._lib.ggml_nelements(tensor)
         if (
@@ -204,11 +229,9 @@ class CallbackInjector:
             raise FintsEdgeError(
                 f"graph tensor {name.decode()} is not a contiguous f32 [*, {self.n_embd}] tensor"
             )
-        data = np.ctypeslib.as_array(
+        return np.ctypeslib.as_array(
             self._lib.ggml_get_data_f32(tensor), shape=(n // self.n_embd, self.n_embd)
         )
-        data += vec
-        self.calls += 1
 
 
 # -- opening a model with the right injector ----------------------------------------------------------

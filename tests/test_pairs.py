@@ -1,6 +1,6 @@
 import pytest
 
-from export.pairs import RougeL, build_pairs, others_negative
+from fints_edge.pairs import RougeL, build_pairs, others_negative
 from fints_edge.errors import FintsEdgeError, HistoryError
 from fints_edge.history import HistoryItem
 
