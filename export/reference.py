@@ -46,10 +46,31 @@ def vectors_from_array(
     }
 
 
-def add_steering(model: Any, vectors: Vectors | None, strength: float = 1.0) -> HookHandles:
-    """Register the steering hooks and return their handle; call ``.remove()`` when done."""
+def add_steering(
+    model: Any,
+    vectors: Vectors | None,
+    strength: float = 1.0,
+    opening: Vectors | None = None,
+    window: tuple[int, int] | None = None,
+) -> HookHandles:
+    """Register the steering hooks and return their handle; call ``.remove()`` when done.
+
+    ``opening`` vectors are added only at token positions ``window = (start, count)``; the
+    positions come from the decoder's cache position, as llama.cpp counts them."""
+    if opening and window is None:
+        raise FintsEdgeError("opening vectors need a window=(start, count) of positions")
+    hooks: list[tuple[Any, str, Any]] = []
+    hooks += _site_hooks(model, vectors or {}, strength, _add_to_first)
+    if opening and window is not None:
+        where: dict[str, torch.Tensor] = {}
+        hooks.append((model.model, "pre_kwargs", _track_positions(where)))
+        hooks += _site_hooks(model, opening, 1.0, lambda v: _add_in_window(v, where, window))
+    return register_hooks(hooks)  # everything validated before the first hook goes on
+
+
+def _site_hooks(model: Any, vectors: Vectors, strength: float, make: Any) -> list:
     if not vectors:
-        return HookHandles()
+        return []
     mods = decoder_layers(model)
     n_embd = model.config.hidden_size
     hooks: list[tuple[Any, str, Any]] = []
@@ -62,21 +83,56 @@ def add_steering(model: Any, vectors: Vectors | None, strength: float = 1.0) -> 
                     f"the model needs [{n_embd}]"
                 )
             if site == "attn":  # attention output (tuple's first item); the MLP then sees it
-                hooks.append((mods[layer].self_attn, "forward", _add_to_first(v)))
+                hooks.append((mods[layer].self_attn, "forward", make(v)))
             elif site == "mlp":
-                hooks.append((mods[layer].mlp, "forward", _add_to_first(v)))
+                hooks.append((mods[layer].mlp, "forward", make(v)))
             else:
                 raise FintsEdgeError(f"unknown site {site!r}: use one of {SITES}")
-    return register_hooks(hooks)  # everything validated before the first hook goes on
+    return hooks
+
+
+def _track_positions(where: dict[str, torch.Tensor]) -> Any:
+    """A decoder pre-hook that records the absolute positions of the tokens being computed."""
+
+    def pre(module: Any, args: Any, kwargs: Any) -> None:
+        pos = kwargs.get("cache_position")
+        if pos is None:
+            ids = kwargs.get("input_ids")
+            ids = ids if ids is not None else (args[0] if args else kwargs["inputs_embeds"])
+            past = kwargs.get("past_key_values")
+            start = past.get_seq_length() if past is not None else 0
+            pos = torch.arange(start, start + ids.shape[1])
+        where["positions"] = pos.detach().cpu()
+
+    return pre
+
+
+def _add_in_window(v: torch.Tensor, where: dict[str, torch.Tensor], window: tuple[int, int]) -> Any:
+    start, count = window
+
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        first = output[0] if isinstance(output, tuple) else output
+        pos = where["positions"]
+        hit = ((pos >= start) & (pos < start + count)).to(first.device, first.dtype)
+        steered = first + hit[None, :, None] * v.to(first.device, first.dtype)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
 
 
 @contextmanager
-def steer(model: Any, vectors: Vectors | None, strength: float = 1.0) -> Iterator[None]:
+def steer(
+    model: Any,
+    vectors: Vectors | None,
+    strength: float = 1.0,
+    opening: Vectors | None = None,
+    window: tuple[int, int] | None = None,
+) -> Iterator[None]:
     """Add strength * v at the attention and MLP outputs of each layer inside the block.
 
     Example: ``with steer(model, {22: {"attn": va, "mlp": vm}}, 2.0): model.generate(...)``
     """
-    handles = add_steering(model, vectors, strength)  # registered before the try
+    handles = add_steering(model, vectors, strength, opening, window)  # before the try
     try:
         yield
     finally:
@@ -95,10 +151,15 @@ def _add_to_first(v: torch.Tensor) -> Any:
 
 
 def logits(
-    model: Any, ids: Sequence[int], vectors: Vectors | None = None, strength: float = 1.0
+    model: Any,
+    ids: Sequence[int],
+    vectors: Vectors | None = None,
+    strength: float = 1.0,
+    opening: Vectors | None = None,
+    window: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """float32 [T, vocab] for one token sequence, steered or not."""
-    with torch.no_grad(), steer(model, vectors, strength):
+    with torch.no_grad(), steer(model, vectors, strength, opening, window):
         out = model(torch.tensor([list(ids)], device=model_device(model)))
     return out.logits[0].float().cpu().numpy()
 
@@ -112,12 +173,15 @@ def generate(
     prompt_format: PromptFormat = "chat",
     vectors: Vectors | None = None,
     strength: float = 1.0,
+    opening: Vectors | None = None,
+    opening_window: int = 0,
 ) -> str:
     """Greedy steered generation; only the new text, special tokens skipped, stripped like
     the on-device engine's replies."""
     ids = torch.tensor([prompt_ids(tokenizer, prompt, prompt_format)], device=model_device(model))
     pad = tokenizer.pad_token_id
-    with torch.no_grad(), steer(model, vectors, strength):
+    window = (ids.shape[1] - 1, opening_window) if opening else None  # from the last prompt token
+    with torch.no_grad(), steer(model, vectors, strength, opening, window):
         out = model.generate(
             ids,
             attention_mask=torch.ones_like(ids),

@@ -21,6 +21,7 @@ HELP = """commands:
   /strength X       steering strength (multiplier of the aggregated signal)
   /k N              how many history items to retrieve
   /rag N            how many retrieved items to show the model as earlier turns (0 = none)
+  /opening X        opening-signal strength where the answer starts (0 = off; exact mode)
   /why [TEXT]       the retrieved history items and their weights for TEXT (default: last input)
   /compare [TEXT]   unsteered and steered answers side by side (default: last input)
   /want TEXT        TEXT is the answer you wanted for the last input: learn it now
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.half_life_days,
         metavar="DAYS",
         help="favour recent items: weight halves every DAYS before the newest item (default: off)",
+    )
+    steer.add_argument(
+        "--opening-strength",
+        type=float,
+        default=d.opening_strength,
+        metavar="X",
+        help="also steer where the answer starts with the profile's opening signals "
+        "(exact mode; default: off)",
     )
     steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
 
@@ -285,6 +294,8 @@ def _interactive(engine, *, steer: bool) -> int:
                 print(f"strength {engine.configure(strength=float(rest)).strength}")
             elif cmd == "/k":
                 print(f"k {engine.configure(k=int(rest)).k}")
+            elif cmd == "/opening":
+                print(f"opening {engine.configure(opening_strength=float(rest)).opening_strength}")
             elif cmd == "/rag":
                 print(f"rag {engine.configure(rag=int(rest)).rag}")
             elif cmd == "/why":

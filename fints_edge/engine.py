@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
@@ -44,9 +44,10 @@ class EngineConfig:
     sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
     sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate
     sites: tuple[Site, ...] | None = None  # None = every site in the profile
-    half_life_days: float = (
-        0.0  # recency: an item this much older than the newest weighs half; 0 = off
-    )
+    layers: tuple[int, ...] | None = None  # steer only these of the profile's layers; None = all
+    half_life_days: float = 0.0  # recency: weight halves per this many days of age; 0 = off
+    opening_strength: float = 0.0  # opening signals (exact mode), where the answer starts; 0 = off
+    opening_window: int = 3  # positions from the last prompt token that get the opening signal
     rag: int = 0  # history examples put in the prompt (as earlier chat turns)
     max_tokens: int = 128
     n_ctx: int = 2048
@@ -70,6 +71,7 @@ class Plan:
     retrieved: list[Retrieved]
     gate: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    opening: np.ndarray | None = None  # float32 [S, L, n_embd] for the answer's first positions
 
 
 @dataclass
@@ -135,6 +137,7 @@ class Engine:
             self._stack.close()
             raise
         self._learner: Learner | None = None
+        self._extract_ctx: tuple[Any, Any] | None = None  # (llm, injector) with the eval callback
 
     # -- lifecycle --------------------------------------------------------------------------
     def close(self) -> None:
@@ -166,6 +169,14 @@ class Engine:
             raise FintsEdgeError(f"K must be at least 1, got {c.k}")
         if c.rag < 0 or c.max_tokens < 1:
             raise FintsEdgeError("rag must be >= 0 and max_tokens >= 1")
+        if c.opening_strength and c.mode != "exact":
+            raise FintsEdgeError(
+                "opening steering needs position-scoped injection: use --mode exact"
+            )
+        if c.opening_window < 1:
+            raise FintsEdgeError(
+                f"the opening window must be >= 1 position, got {c.opening_window}"
+            )
         if not c.half_life_days >= 0:
             raise FintsEdgeError(f"half-life must be >= 0 days (0 = off), got {c.half_life_days}")
 
@@ -186,7 +197,11 @@ class Engine:
             item_weights=recency_weights(self.profile.timestamps, ids, c.half_life_days),
         )
         agg = self.aggregator(sims, self.profile.signals[ids], params)  # float16 [K, S, L, n_embd]
-        vectors = self._select_sites(agg.vectors)
+        vectors = self.select(agg.vectors)
+        opening = None
+        if c.opening_strength and self.profile.opening is not None:
+            params = replace(params, strength=c.opening_strength)
+            opening = self.select(self.aggregator(sims, self.profile.opening[ids], params).vectors)
         t3 = time.perf_counter()
         retrieved: list[Retrieved] = [
             {
@@ -203,17 +218,22 @@ class Engine:
             "retrieve": (t2 - t1) * 1e3,
             "aggregate": (t3 - t2) * 1e3,
         }
-        return Plan(vectors, retrieved, float(agg.gate), timings)
+        return Plan(vectors, retrieved, float(agg.gate), timings, opening)
 
-    def _select_sites(self, vectors: np.ndarray) -> np.ndarray:
-        wanted = self.config.sites
-        if wanted is None:
-            return vectors
-        unknown = set(wanted) - set(self.profile.sites)
+    def select(self, vectors: np.ndarray) -> np.ndarray:
+        """Zero the sites and layers the config leaves out (zero vectors are never injected)."""
+        c, p = self.config, self.profile
+        unknown = set(c.sites or ()) - set(p.sites)
         if unknown:
             raise FintsEdgeError(f"profile has no {', '.join(sorted(unknown))} signals")
-        keep = np.array([s in wanted for s in self.profile.sites])
-        return vectors * keep[:, None, None]
+        missing = set(c.layers or ()) - set(p.layers.tolist())
+        if missing:
+            raise FintsEdgeError(
+                f"profile has no signals at layer(s) {sorted(missing)}; it has {p.layers.tolist()}"
+            )
+        keep_site = np.array([c.sites is None or s in c.sites for s in p.sites])
+        keep_layer = np.array([c.layers is None or int(j) in c.layers for j in p.layers])
+        return vectors * keep_site[:, None, None] * keep_layer[None, :, None]
 
     def messages(self, text: str, plan: Plan | None) -> list[dict[str, str]]:
         """The chat: optional RAG examples as earlier turns (measured best on the small model)."""
@@ -239,10 +259,13 @@ class Engine:
         prompt = self._prompt_tokens(self.messages(text, plan))
         t0 = time.perf_counter()
         vectors = plan.vectors if (steer and plan is not None) else None
+        opening = plan.opening if (steer and plan is not None) else None
         self.llm.reset()  # never reuse KV computed under different steering
+        if isinstance(self.injector, CallbackInjector):
+            self.injector.rewind()  # positions count from the prompt's first token again
         pieces: list[str] = []
         ttft = None
-        with self._steering(vectors):
+        with self._steering(vectors, opening, len(prompt)):
             t_apply = (time.perf_counter() - t0) * 1e3
             for chunk in self.llm.create_completion(
                 prompt, max_tokens=c.max_tokens, temperature=0.0, stream=True, seed=c.seed
@@ -270,6 +293,18 @@ class Engine:
         *_, last = self.stream(text, steer=steer, plan=plan)
         assert isinstance(last, Reply)
         return last
+
+    def use_profile(self, profile_path: str | Path) -> Profile:
+        """Switch to another profile (another user) without reloading the model."""
+        profile = Profile.load(profile_path)
+        self.encoder.check_compatible(
+            profile.encoder_name, profile.encoder_probe, str(profile_path)
+        )
+        profile.check_model(identity_from_llama(self.llm), profile_path)
+        self.profile_path, self.profile = Path(profile_path), profile
+        self.index = Index(profile.keys)
+        self._learner = None
+        return profile
 
     # -- learning on the device ---------------------------------------------------------------
     def learn(self, text: str, chosen: str, rejected: str | None = None) -> int:
@@ -299,25 +334,36 @@ class Engine:
         from fints_edge.learn import Learner, extractor_for
 
         if self._learner is None:
-            llm, injector = self.llm, self.injector
-            if not isinstance(injector, CallbackInjector):
-                llm, injector = open_steerable(
-                    self.model_path,
-                    "exact",
-                    n_ctx=self.config.n_ctx,
-                    n_threads=self.config.threads,
-                    seed=self.config.seed,
-                )
-                self._stack.callback(llm.close)
+            if self._extract_ctx is None:
+                self._extract_ctx = (self.llm, self.injector)
+                if not isinstance(self.injector, CallbackInjector):
+                    self._extract_ctx = open_steerable(
+                        self.model_path,
+                        "exact",
+                        n_ctx=self.config.n_ctx,
+                        n_threads=self.config.threads,
+                        seed=self.config.seed,
+                    )
+                    self._stack.callback(self._extract_ctx[0].close)
+            llm, injector = self._extract_ctx
             self._learner = Learner(
                 extractor_for(llm, injector, self.profile), self.encoder, seed=self.config.seed
             )
         return self._learner
 
-    def _steering(self, vectors: np.ndarray | None) -> Any:
+    @contextmanager
+    def _steering(
+        self, vectors: np.ndarray | None, opening: np.ndarray | None, prompt_len: int
+    ) -> Iterator[None]:
         if vectors is None:
-            return ExitStack()  # nothing to set, nothing to clear
-        return steered(self.injector, vectors, self.profile.sites, self.profile.layers.tolist())
+            yield  # nothing to set, nothing to clear
+            return
+        sites, layers = self.profile.sites, self.profile.layers.tolist()
+        with steered(self.injector, vectors, sites, layers):  # clears the opening too
+            if opening is not None and isinstance(self.injector, CallbackInjector):
+                window = self.config.opening_window
+                self.injector.set_opening(opening, sites, layers, prompt_len - 1, window)
+            yield
 
     def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         from fints_edge.model import chat_prompt

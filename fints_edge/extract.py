@@ -32,10 +32,14 @@ _ATTN_TENSOR: dict[AttnReading, str] = {"output": "attn_out", "residual": "ffn_i
 DEFAULT_ANSWER_TOKENS = 48  # the zero-shot negative's length, as in ``export.build``
 
 
+DEFAULT_OPENING_TOKENS = 3  # as export.extract
+
+
 @dataclass(frozen=True)
 class ItemSignal:
     signal: np.ndarray  # float32 [S, L, n_embd]  mean(chosen answer) - mean(rejected answer)
     residual_norms: np.ndarray  # float32 [L]  mean |layer output| over the chosen answer
+    opening: np.ndarray  # float32 [S, L, n_embd]  the same over the first answer positions
 
 
 class DeviceExtractor:
@@ -47,11 +51,12 @@ class DeviceExtractor:
     def __init__(
         self,
         llm: Any,
-        injector: CallbackInjector,
+        injector: object,
         layers: Sequence[int],
         sites: Sequence[Site] = SITES,
         attn_reading: AttnReading = "output",
         prompt_format: PromptFormat = "chat",
+        opening_tokens: int = DEFAULT_OPENING_TOKENS,
     ) -> None:
         n_layer = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"])
         self.layers = [int(x) for x in layers]
@@ -77,9 +82,12 @@ class DeviceExtractor:
         if not isinstance(injector, CallbackInjector):
             raise FintsEdgeError("on-device extraction needs a model opened in exact mode")
         self.llm = llm
-        self.injector = injector
+        self.injector: CallbackInjector = injector
         self.attn_reading = attn_reading
         self.prompt_format = prompt_format
+        if opening_tokens < 1:
+            raise FintsEdgeError(f"opening_tokens must be >= 1, got {opening_tokens}")
+        self.opening_tokens = opening_tokens
         site_tensor = {"attn": _ATTN_TENSOR[attn_reading], "mlp": "ffn_out"}
         self._names = [[f"{site_tensor[s]}-{j}" for j in self.layers] for s in self.sites]
         # Only the last layer needs every position's logits requested (its rows are pruned).
@@ -113,6 +121,7 @@ class DeviceExtractor:
                 "shorten the item or raise --n-ctx"
             )
         means: list[np.ndarray] = []  # per answer: [S, L, n_embd]
+        firsts: list[np.ndarray] = []  # per answer, over the first answer positions only
         norms = np.zeros(len(self.layers))
         names = [n for row in self._names for n in row] + self._out_names
         self._clear()
@@ -124,13 +133,19 @@ class DeviceExtractor:
                     self._decode(answer, len(prompt), every_position=self._every_position)
                 rows = {name: self._rows(taps, name, len(answer)) for name in names}
                 means.append(np.stack([[rows[n].mean(0) for n in row] for row in self._names]))
+                m = self.opening_tokens
+                firsts.append(np.stack([[rows[n][:m].mean(0) for n in row] for row in self._names]))
                 if which == 0:  # residual norms over the user's own answer
                     norms = np.array(
                         [np.linalg.norm(rows[n], axis=-1).mean() for n in self._out_names]
                     )
         finally:
             self._clear()
-        return ItemSignal((means[0] - means[1]).astype(np.float32), norms.astype(np.float32))
+        return ItemSignal(
+            (means[0] - means[1]).astype(np.float32),
+            norms.astype(np.float32),
+            (firsts[0] - firsts[1]).astype(np.float32),
+        )
 
     def _rows(self, taps: dict[str, list[np.ndarray]], name: str, n_tokens: int) -> np.ndarray:
         """The answer's rows of one tapped tensor, float64 [n_tokens, n_embd]."""

@@ -33,6 +33,8 @@ MODES: tuple[Mode, ...] = ("cvec", "exact")
 _SITE_TENSOR: dict[Site, str] = {"attn": "ffn_inp", "mlp": "l_out"}
 EXACT_ARCHS = ("llama", "qwen2", "mistral")
 _GGML_TYPE_F32 = 0
+# Computed once per micro-batch before any steered tensor, one row per token: the position cursor.
+_CURSOR_TENSOR = b"attn_norm-0"
 
 
 class Injector(Protocol):
@@ -163,15 +165,22 @@ class CallbackInjector:
         self._lib = _ggml()
         self._targets: dict[bytes, np.ndarray] = {}  # tensor name -> float32 [n_embd]
         self._taps: dict[bytes, list[np.ndarray]] = {}  # tensor name -> copied [rows, n_embd]
+        # Opening steering: added only at absolute positions [start, start + count).
+        self._opening: dict[bytes, np.ndarray] = {}
+        self._window = (0, 0)
+        self._cursor = 0  # tokens computed since rewind()
+        self._ubatch = (0, 0)  # (first position, rows) of the micro-batch being computed
         self._tap_error: str | None = None
         self.calls = 0  # in-place additions done (tests and benchmarks read it)
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
 
     @property
     def active(self) -> bool:
-        return bool(self._targets)
+        return bool(self._targets or self._opening)
 
-    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
+    def _by_tensor(
+        self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
+    ) -> dict[bytes, np.ndarray]:
         v = _check_shape(vectors, sites, layers, self.n_embd)
         targets: dict[bytes, np.ndarray] = {}
         for i, site in enumerate(sites):
@@ -179,10 +188,35 @@ class CallbackInjector:
                 if np.any(v[i, j]):
                     name = tensor_name(site, int(layer)).encode()
                     targets[name] = targets.get(name, 0) + np.ascontiguousarray(v[i, j])
-        self._targets = targets
+        return targets
+
+    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
+        self._targets = self._by_tensor(vectors, sites, layers)
+
+    def set_opening(
+        self,
+        vectors: np.ndarray,
+        sites: Sequence[Site],
+        layers: Sequence[int],
+        start: int,
+        count: int,
+    ) -> None:
+        """Add ``vectors`` only at token positions start .. start + count - 1 (0 = the first
+        prompt token; start = prompt length - 1 is the position that picks the first answer
+        token). Positions are counted from :meth:`rewind`, which must follow a KV-cache reset."""
+        if start < 0 or count < 1:
+            raise FintsEdgeError(f"opening window start {start}, count {count}: need >= 0 and >= 1")
+        self._opening = self._by_tensor(vectors, sites, layers)
+        self._window = (start, count)
+
+    def rewind(self) -> None:
+        """The next token computed is position 0 (call right after the llama context's reset)."""
+        self._cursor = 0
+        self._ubatch = (0, 0)
 
     def clear(self) -> None:
         self._targets = {}
+        self._opening = {}
 
     @contextmanager
     def tapping(self, names: Sequence[str]) -> Iterator[dict[str, list[np.ndarray]]]:
@@ -200,22 +234,40 @@ class CallbackInjector:
             raise FintsEdgeError(self._tap_error)
 
     def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        if not self._targets and not self._taps:
+        if not self._targets and not self._taps and not self._opening:
             return not ask  # ask: "nothing needed"; compute: True means "go on"
         name = self._lib.ggml_get_name(tensor)
         vec = self._targets.get(name)
         tap = self._taps.get(name)
+        first = self._opening.get(name)
+        cursor = bool(self._opening) and name == _CURSOR_TENSOR
         if ask:
-            return vec is not None or tap is not None
+            return vec is not None or tap is not None or first is not None or cursor
+        if cursor:
+            rows = self._lib.ggml_nelements(tensor) // self.n_embd
+            self._ubatch = (self._cursor, rows)
+            self._cursor += rows
         if vec is not None:
             self._rows(tensor, name)[...] += vec
             self.calls += 1
+        if first is not None:
+            self._add_in_window(self._rows(tensor, name), first)
         if tap is not None:
             try:
                 tap.append(self._rows(tensor, name).copy())
             except FintsEdgeError as e:  # raised after the decode, not inside C
                 self._tap_error = str(e)
         return True
+
+    def _add_in_window(self, data: np.ndarray, vec: np.ndarray) -> None:
+        """Rows of this micro-batch are its positions; a pruned last layer keeps its last rows."""
+        first_pos, n_rows = self._ubatch
+        positions = first_pos + n_rows - data.shape[0] + np.arange(data.shape[0])
+        start, count = self._window
+        hit = (positions >= start) & (positions < start + count)
+        if hit.any():
+            data[hit] += vec
+            self.calls += 1
 
     def _rows(self, tensor: int, name: bytes) -> np.ndarray:
         """The tensor's data as a writable float32 [rows, n_embd] view."""

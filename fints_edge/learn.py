@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
-from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DeviceExtractor
+from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DEFAULT_OPENING_TOKENS, DeviceExtractor
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
 from fints_edge.pairs import DEFAULT_ROUGE_THRESHOLD, ContrastPair, build_pairs
@@ -36,6 +36,7 @@ from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised
 class Learned:
     pairs: list[ContrastPair]
     signals: np.ndarray  # float32 [N, S, L, n_embd]
+    opening: np.ndarray  # float32 [N, S, L, n_embd], first answer positions only
     residual_norms: np.ndarray  # float32 [L], mean over the items
     keys: np.ndarray  # float32 [N, D]
     timestamps: np.ndarray  # float64 [N]; items without one get the time they were learned
@@ -68,16 +69,18 @@ class Learner:
         )
         if progress:
             print(report.summary(), file=sys.stderr)
-        signals, norms = [], []
+        signals, norms, opening = [], [], []
         for p in tqdm(pairs, desc="signals", unit="item", disable=not progress):
             got = self.extractor.signal(p.input, p.chosen, p.rejected)
             signals.append(got.signal)
             norms.append(got.residual_norms)
+            opening.append(got.opening)
         now = time.time()
         stamps = [items[p.index].timestamp for p in pairs]
         return Learned(
             pairs=pairs,
             signals=np.stack(signals),
+            opening=np.stack(opening),
             residual_norms=np.mean(norms, axis=0).astype(np.float32),
             keys=self.encoder.encode([p.input for p in pairs]),
             timestamps=np.asarray([now if np.isnan(t) else t for t in stamps], np.float64),
@@ -103,6 +106,8 @@ class Learner:
             encoder_probe=self.encoder.probe(),
             prompt_format=ex.prompt_format,
             created=utc_now(),
+            opening=got.opening.astype(np.float16),
+            opening_tokens=ex.opening_tokens,
         )
 
     def extend(
@@ -115,6 +120,7 @@ class Learner:
             [p.input for p in got.pairs],
             [p.chosen for p in got.pairs],
             got.timestamps,
+            got.opening,
         )
 
 
@@ -127,6 +133,7 @@ def extractor_for(llm: Any, injector: Any, profile: Profile) -> DeviceExtractor:
         profile.sites,
         profile.attn_reading,
         profile.prompt_format,
+        profile.opening_tokens or DEFAULT_OPENING_TOKENS,
     )
 
 

@@ -23,7 +23,8 @@ from fints_edge.errors import ProfileError
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
 
 FORMAT_NAME = "fints-edge-profile"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the optional opening signals; version 1 files still load
+READABLE_VERSIONS = (1, 2)
 
 PromptFormat = Literal["chat", "plain"]
 PROMPT_FORMATS: tuple[PromptFormat, ...] = ("chat", "plain")
@@ -80,6 +81,10 @@ class Profile:
     encoder_probe: np.ndarray  # float32 [D]  the encoder's embedding of PROBE_SENTENCE
     prompt_format: PromptFormat  # how input + answer were laid out during extraction
     created: str  # ISO 8601, UTC
+    # float16 [N, S, L, n_embd]: the contrast over the first ``opening_tokens`` answer positions
+    # only, for position-scoped injection where the answer starts; None in version-1 files.
+    opening: np.ndarray | None = None
+    opening_tokens: int = 0
 
     def __post_init__(self) -> None:
         _validate(self, _UNSAVED)
@@ -119,17 +124,40 @@ class Profile:
         inputs: list[str],
         outputs: list[str],
         timestamps: np.ndarray | None = None,
+        opening: np.ndarray | None = None,
     ) -> Profile:
-        """A new profile with items appended (signals [n, S, L, n_embd], keys [n, D])."""
+        """A new profile with items appended (signals and opening [n, S, L, n_embd], keys [n, D]).
+
+        A profile with opening signals needs them for the new items too."""
         n = len(inputs)
         ts = np.full(n, np.nan) if timestamps is None else np.asarray(timestamps, np.float64)
+        if self.opening is not None and opening is None:
+            raise ProfileError("this profile has opening signals; give them for the new items")
         return replace(
             self,
+            opening=None
+            if self.opening is None
+            else np.concatenate([self.opening, np.asarray(opening).astype(np.float16)]),
             signals=np.concatenate([self.signals, signals.astype(np.float16)]),
             keys=np.concatenate([self.keys, normalised_keys(keys)]),
             inputs=np.concatenate([self.inputs, np.asarray(inputs, dtype=str)]),
             outputs=np.concatenate([self.outputs, np.asarray(outputs, dtype=str)]),
             timestamps=np.concatenate([self.timestamps, ts]),
+        )
+
+    def take(self, items: Iterable[int]) -> Profile:
+        """A new profile with only these items, in this order (e.g. the first n, by time)."""
+        ids = np.asarray(list(items), dtype=np.int64)
+        if ids.size == 0 or ids.min() < 0 or ids.max() >= self.n_items:
+            raise ProfileError(f"items {ids.tolist()[:5]}...: need ids in 0..{self.n_items - 1}")
+        return replace(
+            self,
+            opening=None if self.opening is None else self.opening[ids],
+            signals=self.signals[ids],
+            keys=self.keys[ids],
+            inputs=self.inputs[ids],
+            outputs=self.outputs[ids],
+            timestamps=self.timestamps[ids],
         )
 
     def without_item(self, item: int) -> Profile:
@@ -141,6 +169,7 @@ class Profile:
         keep = np.arange(self.n_items) != item
         return replace(
             self,
+            opening=None if self.opening is None else self.opening[keep],
             signals=self.signals[keep],
             keys=self.keys[keep],
             inputs=self.inputs[keep],
@@ -172,7 +201,14 @@ class Profile:
             "encoder_probe": self.encoder_probe,
             "prompt_format": np.array(self.prompt_format),
             "created": np.array(self.created),
-        }
+        } | (
+            {}
+            if self.opening is None
+            else {
+                "opening": self.opening,
+                "opening_tokens": np.array(self.opening_tokens, dtype=np.int32),
+            }
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically: the old file survives any failure before the final rename."""
@@ -212,11 +248,12 @@ class Profile:
         if name != FORMAT_NAME:
             raise ProfileError(f"{source}: not a fints-edge profile (format '{name}')")
         version = _scalar(a, "format_version", int, source)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ProfileError(
-                f"{source}: profile format version {version}, this fints-edge reads version "
-                f"{FORMAT_VERSION}; {_REBUILD}"
+                f"{source}: profile format version {version}, this fints-edge reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; {_REBUILD}"
             )
+        has_opening = version >= 2 and "opening" in a
         model = ModelIdentity(
             arch=_scalar(a, "model_arch", str, source),
             n_layer=_scalar(a, "model_n_layer", int, source),
@@ -240,6 +277,8 @@ class Profile:
                 encoder_probe=_array(a, "encoder_probe", source),
                 prompt_format=_scalar(a, "prompt_format", str, source),  # type: ignore[arg-type]
                 created=_scalar(a, "created", str, source),
+                opening=_array(a, "opening", source) if has_opening else None,
+                opening_tokens=_scalar(a, "opening_tokens", int, source) if has_opening else 0,
             )
         except ProfileError as e:
             raise ProfileError(str(e).replace(_UNSAVED, source, 1)) from None
@@ -339,6 +378,14 @@ def _validate(p: Profile, source: str) -> None:
     expect = (n, len(p.sites), p.layers.size, m.n_embd)
     need(sig.shape == expect, "signals", f"has shape {sig.shape}, expected {expect}")
     need(bool(np.isfinite(sig).all()), "signals", "contains NaN or infinity")
+    if p.opening is not None:
+        need(
+            p.opening.dtype == np.float16 and p.opening.shape == sig.shape,
+            "opening",
+            f"must be float16 of the signals' shape {sig.shape}",
+        )
+        need(bool(np.isfinite(p.opening).all()), "opening", "contains NaN or infinity")
+        need(p.opening_tokens >= 1, "opening_tokens", "must be >= 1 with opening signals")
 
     need(p.keys.dtype == np.float16 and p.keys.ndim == 2, "keys", "must be float16 [N, D]")
     need(p.keys.shape[0] == n, "keys", f"has {p.keys.shape[0]} rows for {n} items")

@@ -155,3 +155,42 @@ def test_bad_vector_shape_is_refused(engines):
     _, injector = engines["exact"]
     with pytest.raises(FintsEdgeError, match="expected"):
         injector.set(np.zeros((1, 1, 3), np.float32), ("mlp",), (1,))
+
+
+def test_opening_injection_parity_with_torch_reference(tiny, hf, engines):
+    """Ordinary vectors everywhere plus opening vectors only at the last prompt position and the
+    next two: the callback counts positions across the batched prompt and single-token steps."""
+    from export.reference import logits, vectors_from_array
+
+    llm, injector = engines["exact"]
+    sites, layers = ("attn", "mlp"), (1, 3)  # 3 is the last layer
+    v = _vectors(tiny, sites, layers, scale=1.0, seed=1)
+    first = _vectors(tiny, sites, layers, scale=3.0, seed=2)
+    prompt = _prompt(llm)
+    window = (len(prompt) - 1, 3)
+    with steered(injector, v, sites, layers):
+        _, plain = _llama_run(llm, prompt)
+        injector.set_opening(first, sites, layers, *window)
+        injector.rewind()
+        tokens, got = _llama_run(llm, prompt)
+    assert not injector.active
+    want = logits(
+        hf,
+        tokens,
+        vectors_from_array(v, sites, layers),
+        opening=vectors_from_array(first, sites, layers),
+        window=window,
+    )
+    without = logits(hf, tokens, vectors_from_array(v, sites, layers))
+    moved = np.abs(want - without)[window[0] :].max()
+    assert moved > 0.1, "the opening vectors must move the logits, or this test could not fail"
+    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e}"
+    # before the window nothing changes, in llama.cpp and in torch
+    np.testing.assert_array_equal(got[: window[0]], plain[: window[0]])
+    assert np.abs(want - without)[: window[0]].max() == 0.0
+
+
+def test_opening_window_is_validated(engines):
+    _, injector = engines["exact"]
+    with pytest.raises(Exception, match="opening window"):
+        injector.set_opening(np.zeros((1, 1, 64), np.float32), ("mlp",), (1,), -1, 3)

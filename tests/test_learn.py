@@ -82,6 +82,10 @@ def test_device_signals_match_torch_extraction(hf_tiny, exact_llm, reading, prom
     np.testing.assert_allclose(
         np.mean([g.residual_norms for g in got], axis=0), ref.residual_norms, rtol=1e-4
     )
+    opening = np.stack([g.opening for g in got])  # the first 3 answer positions only
+    assert _cosines(opening, ref.opening).min() >= 0.999
+    np.testing.assert_allclose(opening, ref.opening, atol=1e-4)
+    assert np.abs(opening - signals).max() > 1e-3  # a different average than the whole answer
 
 
 def test_extraction_leaves_the_context_clean(exact_llm):
@@ -154,6 +158,8 @@ def test_device_built_profile_matches_the_torch_built_one(tiny, device_profile, 
     assert _cosines(dev.signals, ref.signals).min() >= 0.999
     np.testing.assert_allclose(dev.keys.astype(np.float32), ref.keys.astype(np.float32), atol=2e-3)
     np.testing.assert_allclose(dev.residual_norms, ref.residual_norms, rtol=1e-2)
+    assert dev.opening is not None and ref.opening is not None and dev.opening_tokens == 3
+    assert _cosines(dev.opening, ref.opening).min() >= 0.999
     assert np.all(np.isfinite(dev.timestamps))  # learned items are stamped
 
 
@@ -327,3 +333,25 @@ def test_device_signals_track_torch_on_the_default_model():
         llm.close()
     cos = _cosines(got, ref.signals[:6])
     assert np.median(cos) >= 0.99 and cos.min() >= 0.95, cos
+
+
+def test_engine_steers_openings_from_the_profile(engine_on_copy):
+    """A device-built profile carries opening signals; the engine aggregates them like the others
+    (same items, same weights) and injects them only where the answer starts."""
+    with engine_on_copy("exact") as engine:
+        text = "Write a headline about the harbour."
+        engine.configure(opening_strength=0.0)
+        plain = engine.plan(text)
+        assert plain.opening is None
+        engine.configure(opening_strength=3.0, opening_window=2)
+        plan = engine.plan(text)
+        ids = [r["id"] for r in plan.retrieved]
+        w = np.array([r["weight"] for r in plan.retrieved])
+        want = 3.0 * np.einsum("k,ksle->sle", w, engine.profile.opening[ids].astype(np.float32))
+        np.testing.assert_allclose(plan.opening, want, rtol=1e-4, atol=1e-4)
+        calls = engine.injector.calls
+        engine.reply(text, plan=plan)
+        # 2 layers x 2 sites of ordinary adds per decode, plus the opening adds in the window
+        assert engine.injector.calls > calls and not engine.injector.active
+    with engine_on_copy("cvec") as engine, pytest.raises(FintsEdgeError, match="--mode exact"):
+        engine.configure(opening_strength=1.0)

@@ -1,8 +1,8 @@
 import pytest
 
-from fints_edge.pairs import RougeL, build_pairs, others_negative
 from fints_edge.errors import FintsEdgeError, HistoryError
 from fints_edge.history import HistoryItem
+from fints_edge.pairs import RougeL, build_pairs, others_negative
 
 
 def test_rouge_l_matches_hand_computation():

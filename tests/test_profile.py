@@ -172,3 +172,30 @@ def test_zip_members_are_plain_arrays(tmp_path):
     path = profile().save(tmp_path / "me.npz")
     with zipfile.ZipFile(path) as z:
         assert all(n.endswith(".npy") for n in z.namelist())
+
+
+def test_version_1_files_still_load_without_opening(tmp_path):
+    p = profile(n=3)
+    arrays = p.to_arrays()
+    arrays["format_version"] = np.array(1, dtype=np.int32)
+    path = tmp_path / "v1.npz"
+    np.savez(path, **arrays)
+    old = Profile.load(path)
+    assert old.opening is None and old.opening_tokens == 0
+    np.testing.assert_array_equal(old.signals, p.signals)
+
+
+def test_opening_signals_round_trip_and_follow_item_edits(tmp_path):
+    base = profile(n=3)
+    p = replace(base, opening=(base.signals * 2).astype(np.float16), opening_tokens=3)
+    back = Profile.load(p.save(tmp_path / "me.npz"))
+    np.testing.assert_array_equal(back.opening, p.opening)
+    assert back.opening_tokens == 3
+    assert back.without_item(1).opening.shape[0] == 2
+    np.testing.assert_array_equal(back.take([2]).opening[0], p.opening[2])
+    with pytest.raises(ProfileError, match="opening signals"):
+        back.with_items(back.signals[:1], back.keys[:1], ["x"], ["y"])
+    grown = back.with_items(back.signals[:1], back.keys[:1], ["x"], ["y"], opening=back.opening[:1])
+    assert grown.opening.shape[0] == 4
+    with pytest.raises(ProfileError, match="opening"):
+        replace(base, opening=base.signals[:2], opening_tokens=3)

@@ -1,0 +1,182 @@
+"""Loaders for the public LaMP / LongLaMP layouts, on small fixtures and the shared mini set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from export.datasets import load_lamp, load_longlamp
+from fints_edge.errors import FintsEdgeError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+QUESTIONS = FIXTURES / "lamp4_questions.json"
+OUTPUTS = FIXTURES / "lamp4_outputs.json"
+SHARED = Path("/work/shared/data/longlamp_abstract_mini/abstract_generation_mini.json")
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(data if isinstance(data, str) else json.dumps(data), encoding="utf-8")
+    return path
+
+
+# -- LaMP ----------------------------------------------------------------------------------------
+def test_lamp4_users_history_and_golds():
+    tasks = load_lamp(QUESTIONS, OUTPUTS)
+    assert [t.user for t in tasks] == ["310", "311"]
+    first, second = tasks
+    assert len(first.history) == 2  # the item without article text is skipped
+    assert first.history[0].input == (
+        "Generate a headline for the following article: "
+        "A new ferry links Velm and Ostra twice a day from May."
+    )
+    assert first.history[0].output == "ferry to ostra starts in may"
+    assert first.history[0].timestamp == dt.datetime(2019, 4, 2, tzinfo=dt.UTC).timestamp()
+    assert math.isnan(first.history[1].timestamp)  # no date
+    assert first.query == (
+        "Generate a headline for the following article: "
+        "The harbour town of Velm opened its first night market on Friday."
+    )
+    assert first.target == "night market lights up velm"
+    assert len(second.history) == 2
+    assert second.history[0].input == (  # whitespace stripped
+        "Generate a headline for the following article: "
+        "The cycling club elected a new chair on Monday."
+    )
+    assert second.history[0].output == "Cycling Club Picks New Chair"
+    assert math.isnan(second.history[1].timestamp)  # an unparseable date is ignored
+    assert second.target == "Rain Holds Up Regional Race"
+
+
+def test_lamp5_titles_from_abstracts(tmp_path):
+    question = {
+        "id": 7,
+        "input": "Generate a title for the following abstract of a paper: We count owls.",
+        "profile": [{"id": "70", "abstract": "We count bats.", "title": "Counting Bats"}],
+    }
+    questions = _write(tmp_path / "q5.json", [question])
+    outputs = _write(tmp_path / "o5.json", {"golds": [{"id": "7", "output": "Owl Census"}]})
+    (task,) = load_lamp(questions, outputs, task="LaMP-5")  # the file has no task field
+    assert task.user == "7"  # numeric ids match string gold ids
+    assert task.history[0].input == (
+        "Generate a title for the following abstract of a paper: We count bats."
+    )
+    assert task.history[0].output == "Counting Bats"
+    assert task.target == "Owl Census"
+
+
+def test_lamp_gold_missing_names_the_id_and_file(tmp_path):
+    outputs = _write(
+        tmp_path / "o.json", {"task": "LaMP_4", "golds": [{"id": "310", "output": "x"}]}
+    )
+    with pytest.raises(FintsEdgeError, match="no gold output for question id 311") as e:
+        load_lamp(QUESTIONS, outputs)
+    assert "o.json" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "task", "needle"),
+    [
+        (
+            {"task": "LaMP_2", "golds": []},
+            None,
+            "'LaMP_2' is not supported; supported: LaMP_4, LaMP_5",
+        ),
+        ({"task": "LaMP_4", "golds": []}, "LaMP_7", "for 'LaMP_4' but task 'LaMP_7'"),
+        ({"golds": []}, None, "no 'task' field"),
+        ({"task": "LaMP_4"}, None, "no 'golds' list"),
+        ([], None, "expected a JSON object"),
+    ],
+)
+def test_lamp_outputs_refusals_name_the_file(tmp_path, outputs, task, needle):
+    path = _write(tmp_path / "outs.json", outputs)
+    with pytest.raises(FintsEdgeError, match=needle) as e:
+        load_lamp(QUESTIONS, path, task=task)
+    assert "outs.json" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("questions", "needle"),
+    [
+        (None, "no such file"),
+        ("[{", "not valid JSON"),
+        ({"id": "310"}, "expected a JSON list"),
+        ([], "no questions"),
+        ([{"id": "310", "input": "x"}], "question 1 needs 'id', 'input' and a 'profile' list"),
+        ([{"id": "310", "input": "x", "profile": []}], "question id 310 has no profile item"),
+    ],
+)
+def test_lamp_questions_refusals_name_the_file(tmp_path, questions, needle):
+    path = tmp_path / "qs.json"
+    if questions is not None:
+        _write(path, questions)
+    with pytest.raises(FintsEdgeError, match=needle) as e:
+        load_lamp(path, OUTPUTS)
+    assert "qs.json" in str(e.value) and "\n" not in str(e.value)
+
+
+# -- LongLaMP ------------------------------------------------------------------------------------
+def test_longlamp_fixture():
+    tasks = load_longlamp(FIXTURES / "longlamp_mini.json")
+    assert [t.user for t in tasks] == ["user_a", "1"]  # name, else id
+    assert [len(t.history) for t in tasks] == [2, 1]  # the blank abstract is skipped
+    assert tasks[0].history[1].input == 'Generate an abstract for the title "Medium steering".'
+    assert tasks[0].history[1].output == "we steer medium models."
+    assert tasks[0].query == (
+        'Generate an abstract for the title "Tiny steering" using the following items: '
+        "steering, small models."
+    )
+    assert tasks[0].target == "We study steering in small models."
+
+
+def test_the_shared_longlamp_mini_set():
+    if not SHARED.is_file():
+        pytest.skip(f"{SHARED} not present")
+    tasks = load_longlamp(SHARED)
+    assert len(tasks) == 7 and all(len(t.history) == 4 for t in tasks)
+    assert [t.user for t in tasks] == [f"user_{i}" for i in range(7)]
+    first = tasks[0]
+    assert first.query.startswith(
+        'Generate an abstract for the title "2-D DOA tracking using variational sparse Bayesian '
+        'learning embedded with Kalman filter" using the following items: 2-D DOA tracking,'
+    )
+    assert first.target.startswith("In this paper, we consider the 2-D direction-of-arrival")
+    assert first.history[0].input == (
+        'Generate an abstract for the title "Off-grid DOA estimation in real spherical harmonics '
+        'domain using sparse Bayesian inference.".'
+    )
+    assert first.history[0].output.startswith("when true targets do not locate exactly on")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (None, "no such file"),
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe[", "cannot read it as UTF-8"),
+        ('{"a": 1}', "expected a JSON list"),
+        ("[]", "no records"),
+        ('[{"id": "1", "input": "x", "output": "y"}]', "record 1 needs .* 'profile' list"),
+        (
+            '[{"id": "1", "input": "x", "profile": []}]',
+            "record 1 needs non-empty 'input' and 'output'",
+        ),
+        ('[{"id": "1", "input": "x", "output": "y", "profile": []}]', "record 1 .*no profile item"),
+        (
+            '[{"id": "1", "input": "x", "output": "y", "profile": [{"title": "t"}]}]',
+            "no profile item has both 'title' and 'abstract'",
+        ),
+    ],
+)
+def test_longlamp_refusals_name_the_file(tmp_path, content, needle):
+    path = tmp_path / "ll.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(FintsEdgeError, match=needle) as e:
+        load_longlamp(path)
+    assert "ll.json" in str(e.value) and "\n" not in str(e.value)
