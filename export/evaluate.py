@@ -309,6 +309,15 @@ def _score_of(preds: list[dict]) -> tuple[float, float]:
     return (mean_of(preds, "adherence"), mean_of(preds, "rougeL"))
 
 
+def better(new: tuple[float, float], old: tuple[float, float], n: int) -> bool:
+    """Higher adherence wins; a difference of at most one dev answer is a tie, which the higher
+    ROUGE-L (content kept) breaks. Without the tie rule the sweep chases one-answer noise."""
+    tol = 1.0 / max(n, 1) + 1e-9
+    if abs(new[0] - old[0]) <= tol:
+        return new[1] > old[1]
+    return new[0] > old[0]
+
+
 def sweep(
     runner: Runner,
     profiles: dict[str, Path],
@@ -335,17 +344,21 @@ def sweep(
         say(f"  dev {stage:<8} {s.label():<48} adherence {adh:.3f}  ROUGE-L {rl:.3f}")
         return adh, rl
 
+    n_dev = sum(len(u.dev) for u in users if u.user in profiles)
     layers = sorted({round(f * n_layer) for f in plan.layer_fracs})
     grid = [Setting((j,), st) for j in layers for st in plan.strengths]
     scored = {s: score(s, "layer") for s in grid}
-    best = max(scored, key=lambda s: scored[s])
+    top = max(sc[0] for sc in scored.values())
+    # Among the settings tied with the top adherence, the one that keeps the most content.
+    tied = [s for s in grid if top - scored[s][0] <= 1.0 / max(n_dev, 1) + 1e-9]
+    best = max(tied, key=lambda s: scored[s][1])
     best_score = scored[best]
 
     def consider(candidates: Iterable[Setting], stage: str, profs=None) -> None:
         nonlocal best, best_score
         for s in candidates:
             sc = score(s, stage, profs)
-            if sc > best_score:
+            if better(sc, best_score, n_dev):
                 best, best_score = s, sc
 
     consider([replace(best, sites=(site,)) for site in SITES], "sites")
@@ -358,10 +371,13 @@ def sweep(
         profiles.clear()
         profiles.update(residual_profiles)  # the chosen reading's profiles from here on
     # Opening signals on top of the chosen setting: the best opening strength, better or not.
-    opened = {replace(best, opening_strength=o): None for o in plan.opening_strengths}
-    for s in opened:
-        opened[s] = score(s, "opening")
-    best_opening = max(opened, key=lambda s: opened[s])  # type: ignore[arg-type,return-value]
+    best_opening, opening_score = None, (-1.0, -1.0)
+    for o in plan.opening_strengths:
+        s = replace(best, opening_strength=o)
+        sc = score(s, "opening")
+        if best_opening is None or better(sc, opening_score, n_dev):
+            best_opening, opening_score = s, sc
+    assert best_opening is not None
     return best, best_opening, tried
 
 

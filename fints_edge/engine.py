@@ -187,7 +187,9 @@ class Engine:
         t0 = time.perf_counter()
         query = self.encoder.encode([text])[0]  # [D]
         t1 = time.perf_counter()
-        ids, sims = self.index.top_k(query, c.k)  # [K'], [K']
+        # RAG may want more examples than steering aggregates: retrieve for both, steer with top-K.
+        found, found_sims = self.index.top_k(query, max(c.k, c.rag))
+        ids, sims = found[: c.k], found_sims[: c.k]  # [K'], [K']
         t2 = time.perf_counter()
         params = AggregateParams(
             temperature=c.temperature,
@@ -211,7 +213,12 @@ class Engine:
                 "input": str(self.profile.inputs[i]),
                 "output": str(self.profile.outputs[i]),
             }
-            for i, s, w in zip(ids, sims, agg.weights, strict=True)
+            for i, s, w in zip(
+                found,
+                found_sims,
+                np.pad(agg.weights, (0, len(found) - len(ids))),  # RAG-only items weigh 0
+                strict=True,
+            )
         ]
         timings = {
             "encode": (t1 - t0) * 1e3,

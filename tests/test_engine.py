@@ -212,3 +212,18 @@ def test_chat_runs_without_torch(files):
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["steered"] and data["retrieved"][0]["input"] == "Write a headline about the rain."
+
+
+def test_rag_examples_do_not_depend_on_the_steering_k(engine):
+    """--k 1 --rag 3: steer with the nearest item, show three examples."""
+    engine.configure(k=1, rag=3)
+    try:
+        plan = engine.plan("Write a headline about the rain tomorrow.")
+        assert len(plan.retrieved) == 3
+        assert [r["weight"] for r in plan.retrieved] == pytest.approx([1.0, 0.0, 0.0])
+        msgs = engine.messages("x", plan)
+        assert len(msgs) == 7 and msgs[1]["content"] == plan.retrieved[0]["output"]
+        engine.configure(k=3, rag=0)
+        assert len(engine.plan("Write a headline about the rain tomorrow.").retrieved) == 3
+    finally:
+        engine.configure(k=3, rag=0)
