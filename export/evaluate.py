@@ -309,13 +309,14 @@ def _score_of(preds: list[dict]) -> tuple[float, float]:
     return (mean_of(preds, "adherence"), mean_of(preds, "rougeL"))
 
 
-def better(new: tuple[float, float], old: tuple[float, float], n: int) -> bool:
-    """Higher adherence wins; a difference of at most one dev answer is a tie, which the higher
-    ROUGE-L (content kept) breaks. Without the tie rule the sweep chases one-answer noise."""
+def better(new: tuple[float, float], old: tuple[float, float], n: int, top: float) -> bool:
+    """Higher adherence wins; within one dev answer of the best adherence seen so far (``top``)
+    it is a tie, which the higher ROUGE-L (content kept) breaks. Ties are measured against the
+    best seen, not the current choice, so a chain of ties cannot drift adherence down."""
     tol = 1.0 / max(n, 1) + 1e-9
-    if abs(new[0] - old[0]) <= tol:
-        return new[1] > old[1]
-    return new[0] > old[0]
+    if new[0] > top + tol:
+        return True
+    return new[0] >= top - tol and (new[0] > old[0] + tol or new[1] > old[1])
 
 
 def sweep(
@@ -355,11 +356,12 @@ def sweep(
     best_score = scored[best]
 
     def consider(candidates: Iterable[Setting], stage: str, profs=None) -> None:
-        nonlocal best, best_score
+        nonlocal best, best_score, top
         for s in candidates:
             sc = score(s, stage, profs)
-            if better(sc, best_score, n_dev):
+            if better(sc, best_score, n_dev, top):
                 best, best_score = s, sc
+            top = max(top, sc[0])
 
     consider([replace(best, sites=(site,)) for site in SITES], "sites")
     consider([replace(best, k=k) for k in plan.ks if k != best.k], "k")
@@ -375,7 +377,7 @@ def sweep(
     for o in plan.opening_strengths:
         s = replace(best, opening_strength=o)
         sc = score(s, "opening")
-        if best_opening is None or better(sc, opening_score, n_dev):
+        if best_opening is None or better(sc, opening_score, n_dev, opening_score[0]):
             best_opening, opening_score = s, sc
     assert best_opening is not None
     return best, best_opening, tried

@@ -109,3 +109,13 @@ def test_a_bad_spec_is_refused_before_any_model_loads(tmp_path, capsys):
     assert evaluate_main(["--styles", str(spec), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "bad.json" in err and "Traceback" not in err
+
+
+def test_sweep_ties_are_one_answer_wide_and_cannot_drift():
+    from export.evaluate import better
+
+    n, top = 48, 9 / 48
+    assert better((10 / 48 + 0.01, 0.1), (9 / 48, 0.9), n, top)  # clearly more adherent
+    assert better((8 / 48, 0.5), (9 / 48, 0.4), n, top)  # a tie: more content kept wins
+    assert not better((8 / 48, 0.3), (9 / 48, 0.4), n, top)
+    assert not better((7 / 48, 0.9), (8 / 48, 0.5), n, top)  # two answers below the best seen
