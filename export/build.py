@@ -38,7 +38,9 @@ class BuildOptions:
     rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
     prompt_format: PromptFormat = "chat"
     max_new_tokens: int = 48
-    opening_tokens: int = 3  # answer positions the opening signal averages over
+    # Answer positions the opening signals average over; 0 = store none. Off by default: on the
+    # default model they did not help (docs/eval) and they double a profile's size.
+    opening_tokens: int = 0
     encoder_dir: Path | None = None
     seed: int = 0
     progress: bool = True
@@ -92,7 +94,7 @@ def build_profile(
         attn_reading=opts.attn_reading,
         prompt_format=opts.prompt_format,
         sites=opts.sites,
-        opening_tokens=opts.opening_tokens,
+        opening_tokens=max(1, opts.opening_tokens),
         progress=opts.progress,
     )
     encoder = Encoder(export_encoder(opts.encoder_dir))
@@ -112,7 +114,7 @@ def build_profile(
         encoder_probe=encoder.probe(),
         prompt_format=opts.prompt_format,
         created=utc_now(),
-        opening=extracted.opening.astype(np.float16),
+        opening=extracted.opening.astype(np.float16) if opts.opening_tokens else None,
         opening_tokens=opts.opening_tokens,
     )
     profile.save(out)
@@ -204,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--opening-tokens",
         type=int,
         default=d.opening_tokens,
-        help=f"answer positions the opening signal averages over (default: {d.opening_tokens})",
+        help="also store opening signals averaged over this many first answer positions, for "
+        "--opening-strength in the chat (default: 0 = none)",
     )
     p.add_argument(
         "--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)"

@@ -62,6 +62,12 @@ def regenerate_history(out: Path = HISTORY) -> None:
     print(f"wrote {out} ({len(rows)} items)", file=sys.stderr)
 
 
+# The demo user is calibrated on its own (calibration.md: lowercase sticks at layer 22 of 30 with
+# both sites at strength 4); the product defaults come from the mixed-style dev sweep instead.
+DEMO_LAYERS = (22,)
+DEMO_K = 5
+
+
 def ensure_profile(force: bool = False) -> Path:
     from export.build import BuildOptions, build_profile
     from export.onnx import export_aggregator, export_encoder
@@ -73,7 +79,8 @@ def ensure_profile(force: bool = False) -> Path:
         print(f"using the demo profile built earlier: {out}", file=sys.stderr)
         return out
     print("building the demo profile (torch, once)...", file=sys.stderr)
-    build_profile(default_gguf(), HISTORY, out, BuildOptions(negatives="given"))
+    opts = BuildOptions(layers=DEMO_LAYERS, sites=("attn", "mlp"), negatives="given")
+    build_profile(default_gguf(), HISTORY, out, opts)
     return out
 
 
@@ -82,7 +89,7 @@ def run_chat(profile: Path, n: int, strength: float, mode: str) -> None:
     from fints_edge.engine import Engine, EngineConfig
 
     tests = snippets("test")[:n]
-    config = EngineConfig(mode=mode, strength=strength, max_tokens=32)  # type: ignore[arg-type]
+    config = EngineConfig(mode=mode, strength=strength, k=DEMO_K, max_tokens=32)  # type: ignore[arg-type]
     shares: dict[str, list[float]] = {"unsteered": [], "steered": []}
     with Engine(default_gguf(), profile, config) as engine:
         print(

@@ -192,6 +192,14 @@ def render(r: dict[str, Any]) -> str:
         "checkers); it is the primary persona metric. ROUGE lowercases and drops punctuation, so it "
         "cannot see case or exclamation styles; on personas it mostly measures content kept.",
         '- `random` adds same-norm random directions: the control for "any perturbation".',
+        "- `fints-opening` adds the opening signals (the contrast over the first 3 answer "
+        "positions) at the last prompt position and the first 2 generated ones, on top of "
+        "`fints-exact`; `static` is the mean of all the user's signals (user-level steering).",
+        "- Added prompt tokens: the method's prompt minus zero-shot's. First token ms: the median "
+        "time from request to the first streamed token on the edge runtime (encode, retrieve, "
+        "aggregate, prompt, first decode), on this shared 2-core machine.",
+        "- `personas-shift` users change style halfway through the history; `fints-recency` "
+        "weights items by age (half-life in the setting).",
         "- `fints-torch` runs the HF fp32 model with hooks on the first test items of each user "
         "only (it is slow); its first-token figure is the whole generation.",
         "- `fints-torch-profile` uses a profile built offline with torch from the same history; "
@@ -228,8 +236,29 @@ def plot(r: dict[str, Any], path: Path) -> None:
         if pts:
             xs, ys = zip(*pts, strict=True)
             b.plot(xs, ys, marker="o", label=method)
+    sizes = sorted({h["history"] for h in sw["history_sizes"]})
     b.set(xscale="log", xlabel="history items", ylabel="dev adherence", title="data efficiency")
+    b.set_xticks(sizes, [str(n) for n in sizes])
+    b.minorticks_off()
     b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m export.eval_report docs/eval``: README.md and sweeps.png again from
+    results.json alone (after a change to the report, without re-running the evaluation)."""
+    import json
+    import sys
+
+    folder = Path((argv if argv is not None else sys.argv[1:] or ["docs/eval"])[0])
+    results = json.loads((folder / "results.json").read_text())
+    plot(results, folder / "sweeps.png")
+    (folder / "README.md").write_text(render(results), encoding="utf-8")
+    print(f"wrote {folder}/README.md and sweeps.png from results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

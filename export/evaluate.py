@@ -153,7 +153,7 @@ def device_profiles(
         learner = Learner(ex, encoder, rouge_threshold=rouge_threshold)
         for u in tqdm(users, desc=f"profiles{tag}", unit="user"):
             try:
-                profile = learner.new_profile(u.items(), progress=False)
+                profile = learner.new_profile(u.items(), opening=True, progress=False)
             except FintsEdgeError as e:
                 say(f"skipping {u.user}: {e}")
                 continue

@@ -34,12 +34,13 @@ RagFormat = Literal["turns", "inline"]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Per-request knobs. Defaults: Fints' K=5 and uniform weights; strength 4 and the layer
-    come from the first probe on SmolLM2-135M (calibration.md) until the sweeps replace them."""
+    """Per-request knobs. K, strength, uniform weights (temperature 0) and the layer
+    (``layers.default_layer``) come from the dev sweep of `make eval` on SmolLM2-135M
+    (docs/eval/README.md); neighbouring values were within one dev answer of them."""
 
     mode: Mode = "exact"
-    k: int = 5
-    strength: float = 4.0
+    k: int = 3
+    strength: float = 2.0
     temperature: float = 0.0  # aggregation softmax temperature; 0 = uniform mean (paper default)
     sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
     sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate

@@ -86,7 +86,10 @@ class Learner:
             timestamps=np.asarray([now if np.isnan(t) else t for t in stamps], np.float64),
         )
 
-    def new_profile(self, items: Sequence[HistoryItem], *, progress: bool = True) -> Profile:
+    def new_profile(
+        self, items: Sequence[HistoryItem], *, opening: bool = False, progress: bool = True
+    ) -> Profile:
+        """``opening``: also store the opening signals (twice the bytes; off by default)."""
         from fints_edge.model import identity_from_llama
 
         got = self.learn(items, progress=progress)
@@ -106,8 +109,8 @@ class Learner:
             encoder_probe=self.encoder.probe(),
             prompt_format=ex.prompt_format,
             created=utc_now(),
-            opening=got.opening.astype(np.float16),
-            opening_tokens=ex.opening_tokens,
+            opening=got.opening.astype(np.float16) if opening else None,
+            opening_tokens=ex.opening_tokens if opening else 0,
         )
 
     def extend(
@@ -157,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--sites", choices=["attn", "mlp", "both"], default="both")
     new.add_argument("--attn-reading", choices=ATTN_READINGS, default="output")
     new.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="chat")
+    new.add_argument(
+        "--opening-tokens",
+        type=int,
+        default=0,
+        help="also store opening signals over this many first answer positions (default: 0 = none)",
+    )
     neg = p.add_argument_group("negatives")
     neg.add_argument(
         "--rouge-threshold",
@@ -192,6 +201,8 @@ def _check_args(args: argparse.Namespace) -> str:
             raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
     if args.threads is not None and args.threads < 1:
         raise FintsEdgeError("--threads must be at least 1")
+    if args.opening_tokens < 0:
+        raise FintsEdgeError("--opening-tokens must be >= 0 (0 = no opening signals)")
     return action
 
 
@@ -242,7 +253,13 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
             reading: AttnReading = args.attn_reading
             fmt: PromptFormat = args.prompt_format
             extractor = DeviceExtractor(
-                llm, injector, args.layers or [default_layer(n_layer)], sites, reading, fmt
+                llm,
+                injector,
+                args.layers or [default_layer(n_layer)],
+                sites,
+                reading,
+                fmt,
+                args.opening_tokens or DEFAULT_OPENING_TOKENS,
             )
         learner = Learner(
             extractor,
@@ -255,7 +272,7 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
         if old is not None:
             profile = learner.extend(old, items, progress=progress)
             return profile.save(args.profile), profile
-        profile = learner.new_profile(items, progress=progress)
+        profile = learner.new_profile(items, opening=args.opening_tokens > 0, progress=progress)
         return profile.save(args.out), profile
     finally:
         llm.close()

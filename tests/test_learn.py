@@ -135,7 +135,7 @@ def device_profile(tiny, onnx_encoder_dir, tmp_path_factory):
     rc = learn_main(
         ["--model", str(tiny.gguf_path), "--history", str(history), "--out", str(d / "me.npz"),
          "--layers", "1", "3", "--encoder", str(onnx_encoder_dir), "--n-ctx", "256",
-         "--threads", "1", "--quiet"]
+         "--threads", "1", "--opening-tokens", "3", "--quiet"]
     )  # fmt: skip
     assert rc == 0
     return d / "me.npz"
@@ -146,7 +146,11 @@ def test_device_built_profile_matches_the_torch_built_one(tiny, device_profile, 
 
     torch_path = device_profile.with_name("torch.npz")
     opts = BuildOptions(
-        layers=(1, 3), negatives="given", encoder_dir=onnx_encoder_dir, progress=False
+        layers=(1, 3),
+        negatives="given",
+        encoder_dir=onnx_encoder_dir,
+        opening_tokens=3,
+        progress=False,
     )
     ref = build_profile(tiny.hf_dir, device_profile.with_name("h.jsonl"), torch_path, opts)
     dev = Profile.load(device_profile)

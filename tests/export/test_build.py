@@ -57,6 +57,7 @@ def test_build_writes_a_model_bound_profile(tiny, tmp_path, onnx_encoder_dir):
     assert p.outputs.tolist() == [h["output"] for h in HISTORY]
     assert np.isnan(p.timestamps[0]) and p.timestamps[2] == 1700000000
     assert p.residual_norms.shape == (2,) and (p.residual_norms > 0).all()
+    assert p.opening is None and p.opening_tokens == 0  # opening signals are opt-in
 
 
 def test_zero_shot_negatives_come_from_the_model(tiny, tmp_path, onnx_encoder_dir):
