@@ -71,7 +71,45 @@ def _group_lines(groups: dict) -> list[str]:
     return lines
 
 
-def render(r: dict[str, Any]) -> str:
+def _opening_lines(r: dict[str, Any], predictions: list[dict] | None) -> list[str]:
+    """What was tried for opening styles, and what the model wrote (from the files, not typed)."""
+    groups = r["datasets"].get("personas", {}).get("style_groups", {})
+    sw = r.get("sweep") or {}
+    if "opening" not in groups:
+        return []
+    tried = [t for t in sw.get("tried", []) if t["stage"] == "opening"]
+    g = groups["opening"]
+    lines = [
+        "",
+        f"## Opening styles ({', '.join(g['styles'])})",
+        "",
+        "Tried on the dev split: opening signals (the contrast over the first answer positions) "
+        "injected at the last prompt position and the first generated ones, at strengths "
+        + ", ".join(
+            f"x{t['setting']['opening_strength']:g} (adherence {t['adherence']:.3f})" for t in tried
+        )
+        + ", on top of the chosen setting; test adherence on these styles: "
+        + ", ".join(f"{m} {e['adherence']:.2f}" for m, e in g["methods"].items())
+        + ".",
+    ]
+    if predictions:
+        rows = [p for p in predictions if p.get("split") == "test" and p["style"] in g["styles"]]
+        inputs = list(dict.fromkeys(p["input"] for p in rows))[:3]
+        methods = ("zero-shot", "fints-exact", "fints-opening", "rag")
+        lines += ["", "| input | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for text in inputs:
+            got = {p["method"]: p["prediction"] for p in rows if p["input"] == text}
+            cells = [_cell(text, 40)] + [_cell(got.get(m, ""), 60) for m in methods]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(text: str, width: int) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render(r: dict[str, Any], predictions: list[dict] | None = None) -> str:
     plan = r["plan"]
     lines = [
         "# Evaluation",
@@ -184,6 +222,7 @@ def render(r: dict[str, Any]) -> str:
                 f"| {h['history']} | {h['method']} | {h['adherence']:.3f} | {h['rougeL']:.3f} |"
             )
         lines += ["", "![sweeps](sweeps.png)"]
+    lines += _opening_lines(r, predictions)
     lines += [
         "",
         "## Reading these numbers",
@@ -254,8 +293,14 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path((argv if argv is not None else sys.argv[1:] or ["docs/eval"])[0])
     results = json.loads((folder / "results.json").read_text())
+    preds_file = folder / "predictions.jsonl"
+    preds = (
+        [json.loads(x) for x in preds_file.read_text(encoding="utf-8").splitlines()]
+        if preds_file.is_file()
+        else None
+    )
     plot(results, folder / "sweeps.png")
-    (folder / "README.md").write_text(render(results), encoding="utf-8")
+    (folder / "README.md").write_text(render(results, preds), encoding="utf-8")
     print(f"wrote {folder}/README.md and sweeps.png from results.json")
     return 0
 

@@ -466,7 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8"
     )
     plot(results, args.out / "sweeps.png")
-    (args.out / "README.md").write_text(render(results), encoding="utf-8")
+    preds = json.loads(json.dumps(preds))
+    (args.out / "README.md").write_text(render(results, preds), encoding="utf-8")
     say(f"wrote {args.out}/results.json, README.md, sweeps.png ({results['seconds'] / 60:.1f} min)")
     return 0
 

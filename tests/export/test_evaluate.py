@@ -97,7 +97,7 @@ def test_a_whole_run_on_the_tiny_model_with_an_unseen_spec(tiny, tmp_path):
     test_preds = [p for p in preds if p["split"] == "test" and p["method"] == "fints-exact"]
     assert np.mean([p["adherence"] for p in test_preds]) == methods["fints-exact"]["adherence"]
     readme = (out / "README.md").read_text()
-    assert readme == render(r)  # generated from results.json, never typed
+    assert readme == render(r, preds)  # generated from results.json (and predictions), never typed
     e = methods["fints-exact"]
     assert f"| fints-exact | 2 | {e['rouge1']:.3f} | {e['rougeL']:.3f} |" in readme
     assert (out / "sweeps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
