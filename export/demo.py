@@ -114,7 +114,10 @@ def run_chat(profile: Path, n: int, strength: float, mode: str) -> None:
         f"unsteered {mean['unsteered']:.2f}, steered {mean['steered']:.2f}; "
         f"all-lowercase answers: {all_lower['unsteered']}/{len(tests)} -> {all_lower['steered']}/{len(tests)}"
     )
-    print("try it yourself:\n  .venv/bin/python -m fints_edge.chat --profile " + str(profile))
+    print(
+        "try it yourself (the demo's calibrated setting; the chat's defaults come from make eval):"
+        f"\n  .venv/bin/python -m fints_edge.chat --profile {profile} --strength {strength:g} -k {DEMO_K}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
