@@ -477,12 +477,12 @@ def evaluate(
 ) -> tuple[dict, list[dict]]:
     from export.personas import load_pool, make_dataset
     from fints_edge.layers import default_layer
-    from fints_edge.model import open_llama
+    from fints_edge.model import n_layers, open_llama
 
     style_map = {s.name: s for s in styles}
     scoring = Scoring(style_map)
     llm = open_llama(model, n_ctx=64)
-    n_layer = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"])
+    n_layer = n_layers(llm)
     llm.close()
     layers = sorted({round(f * n_layer) for f in plan.layer_fracs} | {default_layer(n_layer)})
     inputs = load_pool()

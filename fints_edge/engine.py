@@ -133,7 +133,8 @@ class Engine:
                 seed=self.config.seed,
             )
             self._stack.callback(self.llm.close)
-            self.profile.check_model(identity_from_llama(self.llm), profile_path)
+            self.model_identity = identity_from_llama(self.llm)  # hashes the vocabulary: once
+            self.profile.check_model(self.model_identity, profile_path)
         except BaseException:
             self._stack.close()
             raise
@@ -308,7 +309,7 @@ class Engine:
         self.encoder.check_compatible(
             profile.encoder_name, profile.encoder_probe, str(profile_path)
         )
-        profile.check_model(identity_from_llama(self.llm), profile_path)
+        profile.check_model(self.model_identity, profile_path)
         self.profile_path, self.profile = Path(profile_path), profile
         self.index = Index(profile.keys)
         self._learner = None
@@ -324,18 +325,23 @@ class Engine:
         item = HistoryItem(text.strip(), chosen.strip(), rejected, time.time())
         if not item.input or not item.output:
             raise FintsEdgeError("both the input and the wanted answer must be non-empty")
+        old_n = self.profile.n_items
         profile = self.learner().extend(self.profile, [item], progress=False)
-        self._adopt(profile)
+        self._adopt(profile, appended=profile.n_items - old_n)
         return profile.n_items - 1
 
     def forget(self, item: int) -> None:
         """Drop history item ``item`` from the profile and its file."""
         self._adopt(self.profile.without_item(item))
 
-    def _adopt(self, profile: Profile) -> None:
+    def _adopt(self, profile: Profile, appended: int = 0) -> None:
+        """Save, then use ``profile``; appended items join the index, anything else rebuilds it."""
         profile.save(self.profile_path)  # the old file stays whole until this succeeds
         self.profile = profile
-        self.index = Index(profile.keys)
+        if appended:
+            self.index.add(profile.keys[-appended:])
+        else:
+            self.index = Index(profile.keys)
 
     def learner(self) -> Learner:
         """The on-device learner; a cvec engine opens a second, callback-enabled context once."""

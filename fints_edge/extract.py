@@ -25,7 +25,7 @@ import numpy as np
 from fints_edge.errors import FintsEdgeError
 from fints_edge.inject import CallbackInjector
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
-from fints_edge.model import chat_prompt
+from fints_edge.model import chat_prompt, n_layers
 from fints_edge.profile import PROMPT_FORMATS, PromptFormat
 
 _ATTN_TENSOR: dict[AttnReading, str] = {"output": "attn_out", "residual": "ffn_inp"}
@@ -58,7 +58,7 @@ class DeviceExtractor:
         prompt_format: PromptFormat = "chat",
         opening_tokens: int = DEFAULT_OPENING_TOKENS,
     ) -> None:
-        n_layer = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"])
+        n_layer = n_layers(llm)
         self.layers = [int(x) for x in layers]
         if (
             not self.layers

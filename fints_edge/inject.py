@@ -289,13 +289,13 @@ class CallbackInjector:
 # -- opening a model with the right injector ----------------------------------------------------------
 def open_steerable(model_path: str | Path, mode: Mode, **open_kwargs: Any) -> tuple[Any, Injector]:
     """A Llama and its injector. In ``exact`` mode the context is created with our eval callback."""
-    from fints_edge.model import open_llama
+    from fints_edge.model import n_layers, open_llama
 
     if mode not in MODES:
         raise FintsEdgeError(f"unknown injection mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode == "cvec":
         llm = open_llama(model_path, **open_kwargs)
-        n_layer = int(llm.metadata[f"{_arch(llm)}.block_count"])
+        n_layer = n_layers(llm)
         return llm, CvecInjector(llm, n_layer, llm.n_embd())
     llm = open_llama(model_path, llama_cls=_callback_llama_class(), **open_kwargs)
     arch = _arch(llm)

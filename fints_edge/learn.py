@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
     from fints_edge._paths import default_encoder_dir, default_gguf
     from fints_edge.inject import open_steerable
-    from fints_edge.model import check_gguf, identity_from_llama
+    from fints_edge.model import check_gguf, identity_from_llama, n_layers
 
     model = check_gguf(args.model or default_gguf())
     items = read_history(args.add if action == "add" else args.history)  # fail before loading
@@ -248,7 +248,7 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
             old.check_model(identity_from_llama(llm), args.profile)
             extractor = extractor_for(llm, injector, old)
         else:
-            n_layer = int(llm.metadata[f"{llm.metadata['general.architecture']}.block_count"])
+            n_layer = n_layers(llm)
             sites: tuple[Site, ...] = SITES if args.sites == "both" else (args.sites,)
             reading: AttnReading = args.attn_reading
             fmt: PromptFormat = args.prompt_format

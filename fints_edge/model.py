@@ -79,6 +79,15 @@ def vocab_tokens(llm: Any) -> list[str]:
     ]
 
 
+def n_layers(llm: Any) -> int:
+    """Decoder layers of a loaded GGUF (``<arch>.block_count``), without hashing the vocabulary."""
+    arch = llm.metadata.get("general.architecture")
+    try:
+        return int(llm.metadata[f"{arch}.block_count"])
+    except KeyError:
+        raise FintsEdgeError(f"{llm.model_path}: GGUF lacks {arch}.block_count") from None
+
+
 def identity_from_llama(llm: Any) -> ModelIdentity:
     """The identity of a loaded GGUF; equals ``export.models.identity_from_hf`` on its HF twin."""
     meta = llm.metadata
