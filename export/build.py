@@ -15,12 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
+from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
-from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
+from fints_edge.layers import (
+    ATTN_READINGS,
+    SITE_CHOICES,
+    SITES,
+    AttnReading,
+    Site,
+    check_layers,
+    default_layer,
+    parse_sites,
+)
 from fints_edge.pairs import (
     DEFAULT_ROUGE_THRESHOLD,
     NEGATIVE_SOURCES,
+    RETRY_SAMPLING,
     NegativeFn,
     build_pairs,
     others_negative,
@@ -66,12 +77,7 @@ def build_profile(
     model, tokenizer = load_hf(model_ref)
     identity = identity_from_hf(model, tokenizer)
     layers = opts.layers or (default_layer(identity.n_layer),)
-    bad = [layer for layer in layers if not 0 <= layer < identity.n_layer]
-    if bad:
-        raise FintsEdgeError(
-            f"--layers {bad}: the model has decoder layers 0..{identity.n_layer - 1}"
-        )
-    layers = tuple(sorted(set(layers)))
+    layers = tuple(check_layers(sorted(set(layers)), identity.n_layer))
 
     negative: NegativeFn | None
     if opts.negatives == "zero-shot":
@@ -129,11 +135,7 @@ def _zero_shot(model, tokenizer, opts: BuildOptions) -> NegativeFn:
 
     def answer(text: str, attempt: int) -> str:
         ids = torch.tensor([prompt_ids(tokenizer, text, opts.prompt_format)])
-        sampling = (
-            {"do_sample": True, "temperature": 0.9, "top_p": 0.95}
-            if attempt
-            else {"do_sample": False}
-        )
+        sampling = {"do_sample": True, **RETRY_SAMPLING} if attempt else {"do_sample": False}
         with torch.no_grad():
             out = model.generate(
                 ids,
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="HF 0-based decoder layers (default: ~73%% of the depth)",
     )
-    s.add_argument("--sites", choices=["attn", "mlp", "both"], default="both", help="default: both")
+    s.add_argument("--sites", choices=SITE_CHOICES, default="both", help="default: both")
     s.add_argument(
         "--attn-reading",
         choices=ATTN_READINGS,
@@ -217,11 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("interrupted; the profile file is unchanged")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     opts = BuildOptions(
         layers=tuple(args.layers) if args.layers else None,
-        sites=SITES if args.sites == "both" else (args.sites,),
+        sites=parse_sites(args.sites),
         attn_reading=args.attn_reading,
         negatives=args.negatives,
         others=args.others,
@@ -233,14 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    try:
-        if not Path(args.out).name.endswith(".npz"):
-            raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
-        t0 = time.perf_counter()
-        profile = build_profile(args.model, args.history, args.out, opts)
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if not Path(args.out).name.endswith(".npz"):
+        raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
+    t0 = time.perf_counter()
+    profile = build_profile(args.model, args.history, args.out, opts)
     dt = time.perf_counter() - t0
     _say(
         f"wrote {args.out}: {profile.n_items} items, layers {profile.layers.tolist()}, "

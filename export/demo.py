@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_aggregator_path, default_encoder_dir, default_gguf
-from fints_edge.errors import FintsEdgeError
 
 DATA = Path(__file__).parent / "data"
 SNIPPETS = DATA / "news.jsonl"
@@ -120,6 +120,7 @@ def run_chat(profile: Path, n: int, strength: float, mode: str) -> None:
     )
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.demo", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=12, help="held-out inputs to answer (default: 12)")
@@ -132,15 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="re-create export/data/demo_history.jsonl from the model (maintainers)",
     )
     args = p.parse_args(argv)
-    try:
-        t0 = time.perf_counter()
-        if args.regenerate_history:
-            regenerate_history()
-        profile = ensure_profile(force=args.rebuild)
-        run_chat(profile, args.n, args.strength, args.mode)
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    t0 = time.perf_counter()
+    if args.regenerate_history:
+        regenerate_history()
+    profile = ensure_profile(force=args.rebuild)
+    run_chat(profile, args.n, args.strength, args.mode)
     print(f"(demo took {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0
 

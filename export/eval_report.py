@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fints_edge._cli import cli_main
+from fints_edge.errors import FintsEdgeError
 
 PRIMARY = {"personas": "adherence", "personas-shift": "adherence"}  # others: rougeL
 
@@ -285,13 +289,16 @@ def plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+@cli_main()
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m export.eval_report docs/eval``: README.md and sweeps.png again from
     results.json alone (after a change to the report, without re-running the evaluation)."""
     import json
     import sys
 
     folder = Path((argv if argv is not None else sys.argv[1:] or ["docs/eval"])[0])
+    if not (folder / "results.json").is_file():
+        raise FintsEdgeError(f"{folder}/results.json: not found; run `make eval` first")
     results = json.loads((folder / "results.json").read_text())
     preds_file = folder / "predictions.jsonl"
     preds = (

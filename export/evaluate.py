@@ -35,6 +35,7 @@ from export.eval_run import Runner, Setting, UserData, write_history
 from export.metrics import TextScorer, paired_bootstrap
 from export.personas import DEFAULT_STYLES
 from export.styles import Style, load_styles
+from fints_edge._cli import cli_main
 from fints_edge._paths import default_gguf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITES
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("interrupted; nothing was written to the output folder")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = FULL if args.full else QUICK
@@ -445,17 +447,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tests=args.tests or plan.tests,
     )
     command = "python -m export.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        if min(plan.users, plan.history, plan.tests) < 1:
-            raise FintsEdgeError("--users, --history and --tests must be at least 1")
-        styles = load_styles(args.styles)  # a bad spec fails before any model loads
-        model = args.model or default_gguf()
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="fints-eval-") as d:
-            results, preds = evaluate(args, plan, styles, model, Path(d))
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if min(plan.users, plan.history, plan.tests) < 1:
+        raise FintsEdgeError("--users, --history and --tests must be at least 1")
+    styles = load_styles(args.styles)  # a bad spec fails before any model loads
+    model = args.model or default_gguf()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fints-eval-") as d:
+        results, preds = evaluate(args, plan, styles, model, Path(d))
     from export.eval_report import plot, render
 
     results |= {"command": command.strip(), "seconds": time.perf_counter() - t0}

@@ -17,7 +17,9 @@ import torch
 from tqdm import tqdm
 
 from fints_edge.errors import FintsEdgeError
+from fints_edge.extract import DEFAULT_OPENING_TOKENS
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
+from fints_edge.layers import check_layers as layers_in_range
 from fints_edge.profile import PROMPT_FORMATS, PromptFormat
 
 # Keys of a recording: (kind, hf_layer) with kind "attn" | "mlp" | "out" (the layer's output).
@@ -49,13 +51,7 @@ def decoder_layers(model: Any) -> Any:
 
 def check_layers(model: Any, layers: Sequence[int]) -> list[int]:
     """The layers as sorted, distinct ints in range, or one clear error."""
-    n = len(decoder_layers(model))
-    out = [int(x) for x in layers]
-    if not out or out != sorted(set(out)) or out[0] < 0 or out[-1] >= n:
-        raise FintsEdgeError(
-            f"layers {list(layers)}: need sorted, distinct decoder indices in 0..{n - 1}"
-        )
-    return out
+    return layers_in_range(layers, len(decoder_layers(model)))
 
 
 def model_device(model: Any) -> torch.device:
@@ -167,9 +163,6 @@ def encode_pair(
             f"empty answer after tokenization for input {text[:40]!r}; drop the item from the history"
         )
     return prompt + answer_ids, len(prompt)
-
-
-DEFAULT_OPENING_TOKENS = 3
 
 
 @dataclass(frozen=True)

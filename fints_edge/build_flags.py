@@ -57,8 +57,9 @@ def x86_cmake_args(flags: set[str]) -> str:
     return " ".join(args)
 
 
-def cmake_args(env: dict[str, str] | None = None, cpuinfo: str | None = None,
-               machine: str | None = None) -> str:
+def cmake_args(
+    env: dict[str, str] | None = None, cpuinfo: str | None = None, machine: str | None = None
+) -> str:
     """CMAKE_ARGS for llama-cpp-python on this machine; a user's CMAKE_ARGS is used as given."""
     env = dict(os.environ) if env is None else env
     if env.get("CMAKE_ARGS", "").strip():
@@ -74,8 +75,9 @@ def cmake_args(env: dict[str, str] | None = None, cpuinfo: str | None = None,
     return x86_cmake_args(flags)
 
 
-def cache_key(env: dict[str, str] | None = None, cpuinfo: str | None = None,
-              machine: str | None = None) -> str:
+def cache_key(
+    env: dict[str, str] | None = None, cpuinfo: str | None = None, machine: str | None = None
+) -> str:
     """A folder name for the built wheel: machine + hash of the flags (+ CPU features when the
     build is native, i.e. the flags alone do not pin the instruction set)."""
     machine = machine or platform.machine()
@@ -93,9 +95,14 @@ def describe() -> str:
     """A human summary for `make setup` and the doctor."""
     args = cmake_args()
     enabled = [a[2:].split("=")[0] for a in args.split() if a.endswith("=ON")]
-    source = "CMAKE_ARGS from the environment" if os.environ.get("CMAKE_ARGS", "").strip() else (
-        "chosen from this CPU" if args else "llama.cpp defaults for this machine")
-    return f"llama.cpp build ({source}): {', '.join(enabled) or args or 'defaults'}; key {cache_key()}"
+    source = (
+        "CMAKE_ARGS from the environment"
+        if os.environ.get("CMAKE_ARGS", "").strip()
+        else ("chosen from this CPU" if args else "llama.cpp defaults for this machine")
+    )
+    return (
+        f"llama.cpp build ({source}): {', '.join(enabled) or args or 'defaults'}; key {cache_key()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

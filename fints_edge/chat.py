@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import fields
 
+from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
+from fints_edge.layers import SITE_CHOICES, parse_sites
 
 HELP = """commands:
   /steer on|off     turn personal steering on or off
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     steer.add_argument(
         "--sites",
-        choices=["attn", "mlp", "both"],
+        choices=SITE_CHOICES,
         default="both",
         help="which signals to inject (default: both)",
     )
@@ -149,7 +152,7 @@ def _config_from(args: argparse.Namespace):  # -> EngineConfig
             ) from None
         if not sim_full > sim_floor:
             raise FintsEdgeError("--gate FLOOR:FULL needs FULL > FLOOR")
-    sites = None if args.sites == "both" else (args.sites,)
+    sites = None if args.sites == "both" else parse_sites(args.sites)
     known = {f.name for f in fields(EngineConfig)}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}
     values.update(sim_floor=sim_floor, sim_full=sim_full, sites=sites)
@@ -166,31 +169,34 @@ def check_flags(args: argparse.Namespace) -> None:
         raise FintsEdgeError("need -k >= 1, --max-tokens >= 1, --rag >= 0 and --n-ctx >= 64")
     if args.threads is not None and args.threads < 1:
         raise FintsEdgeError("--threads must be at least 1")
-    if not args.half_life_days >= 0:
-        raise FintsEdgeError("--half-life must be >= 0 days (0 = off)")
+    if not args.half_life_days >= 0 or not math.isfinite(args.half_life_days):
+        raise FintsEdgeError("--half-life must be a finite number of days >= 0 (0 = off)")
+    for flag, value in (
+        ("--strength", args.strength),
+        ("--opening-strength", args.opening_strength),
+        ("--temperature", args.temperature),
+    ):
+        if not math.isfinite(value):
+            raise FintsEdgeError(f"{flag} must be a finite number, got {value}")
+    if args.temperature < 0:
+        raise FintsEdgeError("--temperature must be >= 0 (0 = uniform weights)")
 
 
+@cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_flags(args)
-        config = _config_from(args)
-        from fints_edge._paths import default_gguf
-        from fints_edge.engine import Engine
+    check_flags(args)
+    config = _config_from(args)
+    from fints_edge._paths import default_gguf
+    from fints_edge.engine import Engine
 
-        model = args.model or default_gguf()
-        with Engine(
-            model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator
-        ) as engine:
-            if args.prompt:
-                return _one_shot(engine, args)
-            return _interactive(engine, steer=not args.no_steer)
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    model = args.model or default_gguf()
+    with Engine(
+        model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator
+    ) as engine:
+        if args.prompt:
+            return _one_shot(engine, args)
+        return _interactive(engine, steer=not args.no_steer)
 
 
 def _one_shot(engine, args: argparse.Namespace) -> int:
@@ -253,10 +259,27 @@ def _print_why(engine, text: str) -> None:
     print(
         f"gate {plan.gate:.2f}; retrieval {plan.timings_ms['encode'] + plan.timings_ms['retrieve']:.1f} ms"
     )
-    for r in plan.retrieved:
-        snippet = textwrap.shorten(r["input"], 60)
-        print(f"  #{r['id']:<4} sim {r['similarity']:.3f}  weight {r['weight']:.3f}  {snippet}")
+    inputs = distinct_parts([r["input"] for r in plan.retrieved] + [text])
+    for r, shown in zip(plan.retrieved, inputs, strict=False):
+        print(f"  #{r['id']:<4} sim {r['similarity']:.3f}  weight {r['weight']:.3f}  {shown}")
         print(f"        -> {textwrap.shorten(r['output'], 70)}")
+
+
+def distinct_parts(texts: Sequence[str], width: int = 60) -> list[str]:
+    """Each text shortened to what tells it apart: a word prefix they all share (an instruction
+    such as "Write a one-line headline for this news snippet:") is replaced by "..."."""
+    words = [t.split() for t in texts]
+    shared = 0
+    if len(words) > 1:
+        for column in zip(*words, strict=False):
+            if len(set(column)) > 1:
+                break
+            shared += 1
+        shared = min(shared, min(len(w) for w in words) - 1)  # keep at least one word each
+    return [
+        textwrap.shorten(("... " if shared > 0 else "") + " ".join(w[max(shared, 0) :]), width)
+        for w in words
+    ]
 
 
 def _interactive(engine, *, steer: bool) -> int:
@@ -265,6 +288,7 @@ def _interactive(engine, *, steer: bool) -> int:
         f"steering {'on' if steer else 'off'}. /help for commands."
     )
     session = _Session()
+    session.steer = steer
     while True:
         try:
             line = input("you> ").strip()
@@ -273,51 +297,72 @@ def _interactive(engine, *, steer: bool) -> int:
             return 0
         if not line:
             continue
-        if not line.startswith("/"):
-            print("bot> ", end="", flush=True)
-            reply = _stream_to_stdout(engine, line, steer=steer)
-            session.heard(line, reply.text if reply else "", steer)
-            continue
-        cmd, _, rest = line.partition(" ")
-        rest = rest.strip()
         try:
-            if cmd in ("/quit", "/exit", "/q"):
-                return 0
-            elif cmd == "/help":
-                print(HELP)
-            elif cmd == "/steer":
-                if rest not in ("on", "off"):
-                    raise FintsEdgeError("usage: /steer on|off")
-                steer = rest == "on"
-                print(f"steering {rest}")
-            elif cmd == "/strength":
-                print(f"strength {engine.configure(strength=float(rest)).strength}")
-            elif cmd == "/k":
-                print(f"k {engine.configure(k=int(rest)).k}")
-            elif cmd == "/opening":
-                print(f"opening {engine.configure(opening_strength=float(rest)).opening_strength}")
-            elif cmd == "/rag":
-                print(f"rag {engine.configure(rag=int(rest)).rag}")
-            elif cmd == "/why":
-                _print_why(engine, rest or session.input or _need_input())
-            elif cmd == "/compare":
-                text = rest or session.input or _need_input()
-                session.input = text
-                plan = engine.plan(text)
-                print(
-                    side_by_side(
-                        engine.reply(text, steer=False, plan=plan).text,
-                        engine.reply(text, plan=plan).text,
-                    )
-                )
-            elif cmd in ("/want", "/good", "/forget"):
-                _feedback(engine, session, cmd, rest)
-            else:
-                print(f"unknown command {cmd}; /help lists them")
-        except ValueError:
-            print(f"{cmd} needs a number")
+            if line.startswith("/"):
+                if _command(engine, session, line) == "quit":
+                    return 0
+                continue
+            print("bot> ", end="", flush=True)
+            reply = _stream_to_stdout(engine, line, steer=session.steer)
+            session.heard(line, reply.text if reply else "", session.steer)
         except FintsEdgeError as e:
-            print(f"error: {e}")
+            print(f"\nerror: {' '.join(str(e).split())}")
+        except KeyboardInterrupt:  # stops this answer or command, not the session
+            print("\n(stopped; /quit or Ctrl-D to leave)")
+
+
+def _command(engine, session: _Session, line: str) -> str | None:
+    """Run one slash command; returns "quit" to leave. Bad arguments raise FintsEdgeError."""
+    cmd, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if cmd in ("/quit", "/exit", "/q"):
+        return "quit"
+    elif cmd == "/help":
+        print(HELP)
+    elif cmd == "/steer":
+        if rest not in ("on", "off"):
+            raise FintsEdgeError("usage: /steer on|off")
+        session.steer = rest == "on"
+        print(f"steering {rest}")
+    elif cmd == "/strength":
+        print(f"strength {engine.configure(strength=_number(cmd, rest, float)).strength}")
+    elif cmd == "/k":
+        print(f"k {engine.configure(k=_number(cmd, rest, int, least=1)).k}")
+    elif cmd == "/opening":
+        value = _number(cmd, rest, float)
+        print(f"opening {engine.configure(opening_strength=value).opening_strength}")
+    elif cmd == "/rag":
+        print(f"rag {engine.configure(rag=_number(cmd, rest, int, least=0)).rag}")
+    elif cmd == "/why":
+        _print_why(engine, rest or session.input or _need_input())
+    elif cmd == "/compare":
+        text = rest or session.input or _need_input()
+        session.input = text
+        plan = engine.plan(text)
+        print(
+            side_by_side(
+                engine.reply(text, steer=False, plan=plan).text,
+                engine.reply(text, plan=plan).text,
+            )
+        )
+    elif cmd in ("/want", "/good", "/forget"):
+        _feedback(engine, session, cmd, rest)
+    else:
+        print(f"unknown command {cmd}; /help lists them")
+    return None
+
+
+def _number(cmd: str, text: str, kind: type, least: float | None = None):
+    """A finite int/float argument of a slash command, or a usage error naming the command."""
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise FintsEdgeError(f"usage: {cmd} N ({what}, got '{text}')") from None
+    if not math.isfinite(value) or (least is not None and value < least):
+        bound = f" >= {least}" if least is not None else ""
+        raise FintsEdgeError(f"{cmd} needs a finite {what.removeprefix('a ')}{bound}, got '{text}'")
+    return value
 
 
 class _Session:
@@ -328,20 +373,29 @@ class _Session:
         self.answer = ""
         self.steered = False
         self.learned: int | None = None
+        self.steer = True
 
     def heard(self, text: str, answer: str, steered: bool) -> None:
         self.input, self.answer, self.steered = text, answer, steered
+
+    def forgot(self, item: int) -> None:
+        """Ids after a forgotten item move down by one (Profile.without_item)."""
+        if self.learned is not None:
+            if self.learned == item:
+                self.learned = None
+            elif self.learned > item:
+                self.learned -= 1
 
 
 def _feedback(engine, session: _Session, cmd: str, rest: str) -> None:
     import time
 
     if cmd == "/forget":
-        item = int(rest) if rest else session.learned
+        item = _number(cmd, rest, int, least=0) if rest else session.learned
         if item is None:
             raise FintsEdgeError("usage: /forget ID (the ids are shown by /why)")
         engine.forget(item)
-        session.learned = None if item == session.learned else session.learned
+        session.forgot(item)
         print(f"forgot item #{item}; {engine.profile.n_items} items left")
         return
     if not session.input:

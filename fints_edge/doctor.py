@@ -130,7 +130,9 @@ def run_child(model: Path, n_tokens: int, timeout: float) -> tuple[dict, str]:
     if proc.returncode < 0:
         sig = signal.Signals(-proc.returncode).name
         stage = "decoding" if "system_info" in seen else "loading llama.cpp"
-        raise FintsEdgeError(f"llama.cpp crashed ({sig}) while {stage} {model.name}; {REBUILD_HINT}")
+        raise FintsEdgeError(
+            f"llama.cpp crashed ({sig}) while {stage} {model.name}; {REBUILD_HINT}"
+        )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise FintsEdgeError(f"the decode check on {model} failed: {last.removeprefix('error: ')}")

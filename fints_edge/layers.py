@@ -7,10 +7,14 @@ Conventions used across the project:
 - GGUF control-vector files name their tensors ``direction.N`` with N = cvec_row + 1 = hf_layer.
 """
 
+from collections.abc import Sequence
 from typing import Literal, get_args
+
+from fints_edge.errors import FintsEdgeError
 
 Site = Literal["attn", "mlp"]
 SITES: tuple[Site, ...] = get_args(Site)
+SITE_CHOICES = ("attn", "mlp", "both")  # what the CLIs accept for --sites
 
 # How the attention-site activation is read during extraction:
 # "output"   = the attention block's output (o_proj), the paper's description;
@@ -22,9 +26,9 @@ ATTN_READINGS: tuple[AttnReading, ...] = get_args(AttnReading)
 def cvec_row(hf_layer: int) -> int:
     """Control-vector row that adds to the output of decoder layer ``hf_layer``."""
     if hf_layer < 1:
-        raise ValueError(
+        raise FintsEdgeError(
             f"decoder layer {hf_layer}: llama.cpp control vectors cannot steer the output of "
-            "layer 0; use hf_layer >= 1"
+            "layer 0; use --mode exact, or build the profile at a layer >= 1"
         )
     return hf_layer - 1
 
@@ -32,8 +36,27 @@ def cvec_row(hf_layer: int) -> int:
 def hf_layer_of_row(row: int) -> int:
     """Inverse of :func:`cvec_row`."""
     if row < 0:
-        raise ValueError(f"control-vector row {row} is negative")
+        raise FintsEdgeError(f"control-vector row {row} is negative")
     return row + 1
+
+
+def parse_sites(choice: str) -> tuple[Site, ...]:
+    """``--sites attn|mlp|both`` as the sites to read or steer."""
+    if choice == "both":
+        return SITES
+    if choice not in SITES:
+        raise FintsEdgeError(f"--sites {choice!r}: choose one of {', '.join(SITE_CHOICES)}")
+    return (choice,)  # type: ignore[return-value]
+
+
+def check_layers(layers: Sequence[int], n_layer: int) -> list[int]:
+    """Layers as sorted, distinct decoder indices in range, or one clear error (both halves)."""
+    out = [int(x) for x in layers]
+    if not out or out != sorted(set(out)) or out[0] < 0 or out[-1] >= n_layer:
+        raise FintsEdgeError(
+            f"layers {list(layers)}: need sorted, distinct decoder indices in 0..{n_layer - 1}"
+        )
+    return out
 
 
 DEFAULT_LAYER_FRACTION = 0.67  # `make eval` dev sweep (docs/eval): 20 of 30 on SmolLM2-135M

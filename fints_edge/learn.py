@@ -23,11 +23,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from fints_edge._cli import cli_main
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DEFAULT_OPENING_TOKENS, DeviceExtractor
 from fints_edge.history import HistoryItem, read_history
-from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, default_layer
+from fints_edge.layers import (
+    ATTN_READINGS,
+    SITE_CHOICES,
+    AttnReading,
+    Site,
+    default_layer,
+    parse_sites,
+)
 from fints_edge.pairs import DEFAULT_ROUGE_THRESHOLD, ContrastPair, build_pairs
 from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised_keys, utc_now
 
@@ -157,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--layers", type=int, nargs="+", help="HF 0-based decoder layers (default: ~73%% depth)"
     )
-    new.add_argument("--sites", choices=["attn", "mlp", "both"], default="both")
+    new.add_argument("--sites", choices=SITE_CHOICES, default="both", help="default: both")
     new.add_argument("--attn-reading", choices=ATTN_READINGS, default="output")
     new.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="chat")
     new.add_argument(
@@ -206,23 +214,17 @@ def _check_args(args: argparse.Namespace) -> str:
     return action
 
 
+@cli_main("interrupted; the profile file is unchanged")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        action = _check_args(args)
-        t0 = time.perf_counter()
-        if action == "forget":
-            profile = Profile.load(args.profile)
-            profile.without_item(args.forget).save(args.profile)
-            print(f"{args.profile}: forgot item {args.forget}; {profile.n_items - 1} left")
-            return 0
-        out, profile = _learn(args, action)
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; the profile file is unchanged", file=sys.stderr)
-        return 130
+    action = _check_args(args)
+    t0 = time.perf_counter()
+    if action == "forget":
+        profile = Profile.load(args.profile)
+        profile.without_item(args.forget).save(args.profile)
+        print(f"{args.profile}: forgot item {args.forget}; {profile.n_items - 1} left")
+        return 0
+    out, profile = _learn(args, action)
     dt = time.perf_counter() - t0
     print(
         f"wrote {out}: {profile.n_items} items, layers {profile.layers.tolist()}, "
@@ -249,7 +251,7 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
             extractor = extractor_for(llm, injector, old)
         else:
             n_layer = n_layers(llm)
-            sites: tuple[Site, ...] = SITES if args.sites == "both" else (args.sites,)
+            sites: tuple[Site, ...] = parse_sites(args.sites)
             reading: AttnReading = args.attn_reading
             fmt: PromptFormat = args.prompt_format
             extractor = DeviceExtractor(

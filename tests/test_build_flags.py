@@ -28,7 +28,10 @@ def test_amx_cpu_gets_every_avx512_flag_and_no_amx():
     opts = options(build_flags.cmake_args({}, SAPPHIRE_RAPIDS, "x86_64"))
     assert opts["GGML_NATIVE"] == "OFF"  # -march=native is what compiled the AMX path in
     assert {k: opts[k] for k in ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")} == {
-        "GGML_AMX_TILE": "OFF", "GGML_AMX_INT8": "OFF", "GGML_AMX_BF16": "OFF"}
+        "GGML_AMX_TILE": "OFF",
+        "GGML_AMX_INT8": "OFF",
+        "GGML_AMX_BF16": "OFF",
+    }
     on = {k for k, v in opts.items() if v == "ON"}
     assert on == set(build_flags.X86_OPTIONS)
 
@@ -36,7 +39,13 @@ def test_amx_cpu_gets_every_avx512_flag_and_no_amx():
 def test_cpu_without_avx512_gets_none_of_it():
     opts = options(build_flags.cmake_args({}, HASWELL, "x86_64"))
     assert [k for k, v in opts.items() if v == "ON"] == [
-        "GGML_SSE42", "GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"]
+        "GGML_SSE42",
+        "GGML_AVX",
+        "GGML_AVX2",
+        "GGML_FMA",
+        "GGML_F16C",
+        "GGML_BMI2",
+    ]
 
 
 def test_options_ggml_enables_by_default_are_turned_off_explicitly():
@@ -74,8 +83,13 @@ def test_wheel_key_differs_per_flag_set_and_is_stable():
 
 def test_runs_with_the_system_python_before_any_install():
     here = Path(build_flags.__file__)
-    out = subprocess.run([sys.executable, "-S", str(here), "key"], capture_output=True, text=True,
-                         check=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-S", str(here), "key"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert out.stdout.strip() == build_flags.cache_key({})
 
 

@@ -17,8 +17,13 @@ def doctor(*args, env=None):
     import os
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fints_edge.doctor", *args],
-                          capture_output=True, text=True, env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fints_edge.doctor", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
 
 
 def test_compiled_features_reads_system_info():

@@ -1,6 +1,7 @@
 import pytest
 
-from fints_edge.layers import cvec_row, default_layer, hf_layer_of_row
+from fints_edge.errors import FintsEdgeError
+from fints_edge.layers import check_layers, cvec_row, default_layer, hf_layer_of_row, parse_sites
 
 
 def test_cvec_row_is_one_below_hf_layer():
@@ -11,8 +12,18 @@ def test_cvec_row_is_one_below_hf_layer():
 
 
 def test_layer_zero_cannot_be_steered_by_cvec():
-    with pytest.raises(ValueError, match="layer 0"):
+    with pytest.raises(FintsEdgeError, match="layer 0.*--mode exact"):
         cvec_row(0)
+
+
+def test_layer_checks_and_site_parsing_shared_by_both_halves():
+    assert check_layers([1, 3], 4) == [1, 3]
+    for bad in ([], [3, 1], [1, 1], [-1], [4]):
+        with pytest.raises(FintsEdgeError, match=r"0\.\.3"):
+            check_layers(bad, 4)
+    assert parse_sites("both") == ("attn", "mlp") and parse_sites("mlp") == ("mlp",)
+    with pytest.raises(FintsEdgeError, match="choose one of attn, mlp, both"):
+        parse_sites("ffn")
 
 
 def test_default_layer_is_the_dev_sweeps_choice():

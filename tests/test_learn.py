@@ -245,6 +245,7 @@ def test_engine_learns_and_forgets_at_once(engine_on_copy, mode):
     with engine_on_copy(mode) as engine:
         n = engine.profile.n_items
         text = "Write a headline about the new tram line."
+        before = engine.reply(text).text
         item = engine.learn(text, "tram line opens, finally", "The New Tram Line Opens")
         assert item == n
         on_disk = Profile.load(engine.profile_path)
@@ -253,7 +254,8 @@ def test_engine_learns_and_forgets_at_once(engine_on_copy, mode):
         assert engine.plan(text).retrieved[0]["id"] == item  # retrievable right away
         engine.forget(item)
         assert Profile.load(engine.profile_path).n_items == n
-        assert engine.reply(text).text is not None  # the engine still answers after learning
+        # the profile is what it was: so is the steered answer
+        assert engine.reply(text).text == before
 
 
 def test_chat_feedback_commands_update_the_profile(engine_on_copy, monkeypatch, capsys):
@@ -270,6 +272,77 @@ def test_chat_feedback_commands_update_the_profile(engine_on_copy, monkeypatch, 
         assert f"forgot item #{n + 1}" in out
         final = Profile.load(engine.profile_path)
         assert final.n_items == n + 1 and final.outputs[-1] != "kites everywhere, yay"
+
+
+def test_forget_by_id_keeps_the_remembered_item_pointing_at_the_right_one(
+    engine_on_copy, monkeypatch, capsys
+):
+    from fints_edge.chat import _interactive
+
+    with engine_on_copy("exact") as engine:
+        n = engine.profile.n_items
+        lines = iter(["Write a headline about kites.", "/want kites one", "/want kites two",
+                      f"/forget {n}", "/forget", "/forget", "/quit"])  # fmt: skip
+        monkeypatch.setattr(builtins, "input", lambda _prompt="": next(lines))
+        assert _interactive(engine, steer=True) == 0
+        out = capsys.readouterr().out
+        # "kites two" was #n+1, became #n when #n went: the bare /forget must drop it, not #n+1
+        assert f"forgot item #{n}; " in out and out.count(f"forgot item #{n}; ") == 2
+        assert "usage: /forget ID" in out  # nothing left to forget by default
+        assert Profile.load(engine.profile_path).n_items == n
+
+
+def test_chat_survives_bad_commands_and_failed_requests(engine_on_copy, monkeypatch, capsys):
+    from fints_edge.chat import _interactive
+
+    long_input = "word " * 400  # more tokens than n_ctx 256 leaves: the request fails, not the chat
+    lines = iter(["/strength nan", "/strength x", "/k 0", "/forget abc", "/steer maybe",
+                  long_input, "Write a headline about kites.", "/quit"])  # fmt: skip
+    monkeypatch.setattr(builtins, "input", lambda _prompt="": next(lines))
+    with engine_on_copy("exact") as engine:
+        strength = engine.config.strength
+        assert _interactive(engine, steer=True) == 0
+        assert engine.config.strength == strength
+    out = capsys.readouterr().out
+    assert "/strength needs a finite number" in out and "usage: /strength N" in out
+    assert "/k needs a finite whole number >= 1" in out
+    assert "usage: /forget N (a whole number" in out and "usage: /steer on|off" in out
+    assert "the prompt is" in out  # the over-long input: one error line, then the chat goes on
+    assert out.rstrip().count("bot> ") == 2
+
+
+def test_a_case_style_item_added_without_rejected_is_kept(
+    tiny, device_profile, onnx_encoder_dir, tmp_path
+):
+    """The model's own answer is the contrast; ROUGE-L (case-blind) once dropped every item of a
+    case-style user. The tiny model answers in lowercase, so this user writes in uppercase (the
+    lowercase direction is tested in tests/test_pairs.py)."""
+    from fints_edge.extract import DEFAULT_ANSWER_TOKENS
+    from fints_edge.inject import open_steerable
+    from fints_edge.learn import extractor_for
+
+    profile = tmp_path / "me.npz"
+    profile.write_bytes(device_profile.read_bytes())
+    before = Profile.load(profile)
+    llm, injector = open_steerable(tiny.gguf_path, "exact", n_ctx=256, n_threads=1)
+    ex = extractor_for(llm, injector, before)
+    texts = [f"Write a headline about item {i}." for i in range(6)]
+    answers = {t: ex.own_answer(t, 0, DEFAULT_ANSWER_TOKENS, 0) for t in texts}
+    text = next(t for t in texts if answers[t] != answers[t].upper())
+    expected = ex.signal(text, answers[text].upper(), answers[text]).signal  # greedy contrast
+    llm.close()
+    more = _write_history(tmp_path / "more.jsonl", [(text, answers[text].upper(), None)])
+    rc = learn_main(
+        ["--model", str(tiny.gguf_path), "--profile", str(profile), "--add", str(more),
+         "--encoder", str(onnx_encoder_dir), "--n-ctx", "256", "--threads", "1", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    after = Profile.load(profile)
+    assert after.n_items == before.n_items + 1
+    assert after.outputs[-1] == answers[text].upper()
+    # the contrast is the model's greedy answer itself, not a sampled retry that "looked" different
+    got = after.signals[-1].astype(np.float32)
+    assert _cosines(got[None], expected[None]).min() > 0.999
 
 
 def test_recency_weights_halve_per_half_life():

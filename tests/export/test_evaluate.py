@@ -92,7 +92,10 @@ def test_a_whole_run_on_the_tiny_model_with_an_unseen_spec(tiny, tmp_path):
     assert set(personas["by_style"]) <= {"pirate", "calm"}
     assert set(personas["style_groups"]) == {"token-level"}  # neither style has a prefix rule
     assert r["sweep"]["chosen_opening_label"].endswith(("opening x4", "opening x8", "opening x16"))
-    assert r["sweep"]["chosen"]["layers"][0] in (2, 3)  # the tiny model's sweep grid
+    # the chosen setting was scored on dev, and no tried setting beat it by more than one answer
+    tried = [t for t in r["sweep"]["tried"] if t["stage"] != "opening"]
+    (chosen,) = [t for t in tried if t["setting"] == r["sweep"]["chosen"]][:1]
+    assert chosen["adherence"] >= max(t["adherence"] for t in tried) - 1 / chosen["n"] - 1e-9
     preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     test_preds = [p for p in preds if p["split"] == "test" and p["method"] == "fints-exact"]
     assert np.mean([p["adherence"] for p in test_preds]) == methods["fints-exact"]["adherence"]
