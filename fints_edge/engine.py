@@ -6,6 +6,7 @@ The Engine owns every native resource (llama context, ONNX sessions, index) in o
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -19,6 +20,7 @@ from fints_edge._paths import default_aggregator_path, default_encoder_dir
 from fints_edge.aggregate import AggregateParams, OnnxAggregator
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
+from fints_edge.generate import Generation
 from fints_edge.history import HistoryItem
 from fints_edge.index import Index
 from fints_edge.inject import MODES, CallbackInjector, Mode, open_steerable, steered
@@ -160,6 +162,7 @@ class Engine:
             )
         config = replace(self.config, **changes)
         self._check_config(config)
+        self._check_selection(config)  # refused now, not at every request after
         self.config = config
         return config
 
@@ -181,13 +184,17 @@ class Engine:
             )
         if not c.half_life_days >= 0:
             raise FintsEdgeError(f"half-life must be >= 0 days (0 = off), got {c.half_life_days}")
+        knobs = ("strength", "temperature", "sim_floor", "sim_full", "opening_strength")
+        odd = [f"{n} {getattr(c, n)}" for n in knobs if not math.isfinite(getattr(c, n))]
+        if odd:
+            raise FintsEdgeError(f"{', '.join(odd)}: these must be finite numbers")
 
     # -- one request --------------------------------------------------------------------------
     def plan(self, text: str) -> Plan:
         """Encode the input, retrieve the top-K history items and aggregate their signals."""
         c = self.config
         t0 = time.perf_counter()
-        query = self.encoder.encode([text])[0]  # [D]
+        query = self.encoder.encode([checked_text(text)])[0]  # [D]
         t1 = time.perf_counter()
         # RAG may want more examples than steering aggregates: retrieve for both, steer with top-K.
         found, found_sims = self.index.top_k(query, max(c.k, c.rag))
@@ -232,6 +239,13 @@ class Engine:
     def select(self, vectors: np.ndarray) -> np.ndarray:
         """Zero the sites and layers the config leaves out (zero vectors are never injected)."""
         c, p = self.config, self.profile
+        self._check_selection(c)  # the profile may have changed since configure
+        keep_site = np.array([c.sites is None or s in c.sites for s in p.sites])
+        keep_layer = np.array([c.layers is None or int(j) in c.layers for j in p.layers])
+        return vectors * keep_site[:, None, None] * keep_layer[None, :, None]
+
+    def _check_selection(self, c: EngineConfig) -> None:
+        p = self.profile
         unknown = set(c.sites or ()) - set(p.sites)
         if unknown:
             raise FintsEdgeError(f"profile has no {', '.join(sorted(unknown))} signals")
@@ -240,9 +254,6 @@ class Engine:
             raise FintsEdgeError(
                 f"profile has no signals at layer(s) {sorted(missing)}; it has {p.layers.tolist()}"
             )
-        keep_site = np.array([c.sites is None or s in c.sites for s in p.sites])
-        keep_layer = np.array([c.layers is None or int(j) in c.layers for j in p.layers])
-        return vectors * keep_site[:, None, None] * keep_layer[None, :, None]
 
     def messages(self, text: str, plan: Plan | None) -> list[dict[str, str]]:
         """The chat: optional RAG examples as earlier turns (measured best on the small model)."""
@@ -260,7 +271,7 @@ class Engine:
         self, text: str, *, steer: bool = True, plan: Plan | None = None
     ) -> Iterator[str | Reply]:
         """Yield text pieces as they are generated, then the final :class:`Reply`."""
-        if not text.strip():
+        if not checked_text(text).strip():
             raise FintsEdgeError("the input is empty")
         c = self.config
         if plan is None and (steer or c.rag):
@@ -269,33 +280,28 @@ class Engine:
         t0 = time.perf_counter()
         vectors = plan.vectors if (steer and plan is not None) else None
         opening = plan.opening if (steer and plan is not None) else None
-        self.llm.reset()  # never reuse KV computed under different steering
-        if isinstance(self.injector, CallbackInjector):
-            self.injector.rewind()  # positions count from the prompt's first token again
+        self._fresh_context()  # never reuse KV computed under different steering
+        callback = self.injector if isinstance(self.injector, CallbackInjector) else None
+        gen = Generation(self.llm, prompt, c.max_tokens, seed=c.seed, injector=callback)
         pieces: list[str] = []
-        ttft = None
-        with self._steering(vectors, opening, len(prompt)):
-            t_apply = (time.perf_counter() - t0) * 1e3
-            for chunk in self.llm.create_completion(
-                prompt, max_tokens=c.max_tokens, temperature=0.0, stream=True, seed=c.seed
-            ):
-                piece = chunk["choices"][0]["text"]
-                if ttft is None:
-                    ttft = time.perf_counter()
-                if piece:
+        try:
+            with self._steering(vectors, opening, len(prompt)):  # cleared however this ends
+                t_apply = (time.perf_counter() - t0) * 1e3
+                for piece in gen:
                     pieces.append(piece)
                     yield piece
+        except BaseException:
+            self._fresh_context()  # a failed decode can leave half-written KV behind
+            raise
         t_end = time.perf_counter()
-        completion = max(0, self.llm.n_tokens - len(prompt))  # tokens evaluated after the prompt
         timings = dict(plan.timings_ms) if plan else {}
         timings.update(
             apply=t_apply,
-            first_token=((ttft or t_end) - t0) * 1e3,
+            first_token=((gen.first_token_time or t_end) - t0) * 1e3,
             total_generate=(t_end - t0) * 1e3,
         )
-        yield Reply(
-            "".join(pieces).strip(), vectors is not None, plan, len(prompt), completion, timings
-        )
+        text = "".join(pieces).strip()
+        yield Reply(text, vectors is not None, plan, len(prompt), len(gen.tokens), timings)
 
     def reply(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Reply:
         """The whole answer at once."""
@@ -322,7 +328,10 @@ class Engine:
         ``rejected`` is the answer the user did not want; without it the model's own unsteered
         answer is generated as the contrast. Returns the new item's id.
         """
-        item = HistoryItem(text.strip(), chosen.strip(), rejected, time.time())
+        texts = [checked_text(t, what) for t, what in ((text, "input"), (chosen, "answer"))]
+        if rejected is not None:
+            checked_text(rejected, "rejected answer")
+        item = HistoryItem(texts[0].strip(), texts[1].strip(), rejected, time.time())
         if not item.input or not item.output:
             raise FintsEdgeError("both the input and the wanted answer must be non-empty")
         old_n = self.profile.n_items
@@ -365,6 +374,13 @@ class Engine:
             )
         return self._learner
 
+    def _fresh_context(self) -> None:
+        """Forget every cached token (KV included); the eval callback counts from position 0."""
+        self.llm.reset()
+        self.llm._ctx.kv_cache_clear()
+        if isinstance(self.injector, CallbackInjector):
+            self.injector.rewind()
+
     @contextmanager
     def _steering(
         self, vectors: np.ndarray | None, opening: np.ndarray | None, prompt_len: int
@@ -395,17 +411,35 @@ class Engine:
         return tokens
 
 
+def checked_text(text: object, what: str = "input") -> str:
+    """``text`` if it is a str that UTF-8 can carry; JSON can hold lone surrogates ("\\ud800"),
+    which the tokenizers would reject with a TypeError."""
+    if not isinstance(text, str):
+        raise FintsEdgeError(f"the {what} must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FintsEdgeError(
+            f"the {what} is not valid Unicode (a lone surrogate at character {e.start}); "
+            "send UTF-8 text"
+        ) from None
+    return text
+
+
 def recency_weights(
     timestamps: np.ndarray, ids: np.ndarray, half_life_days: float
 ) -> np.ndarray | None:
     """Prior weights 0.5 ** (age / half-life) for the retrieved items, age measured from the
     profile's newest item (not the clock: a profile left alone keeps steering the same way).
-    Items without a timestamp count as new. None when recency is off."""
+    Items without a timestamp count as new. None when recency is off. Only the ratios matter
+    (the aggregator normalises), so the youngest retrieved item weighs 1: a short half-life
+    cannot underflow every weight to 0."""
     if half_life_days <= 0:
         return None
     known = timestamps[np.isfinite(timestamps)]
     if known.size == 0:
         return None
     age_days = (known.max() - timestamps[ids]) / 86400.0
-    age_days = np.where(np.isfinite(age_days), np.maximum(age_days, 0.0), 0.0)
-    return (0.5 ** (age_days / half_life_days)).astype(np.float32)
+    age_days = np.where(np.isfinite(age_days), np.maximum(age_days, 0.0), 0.0)  # [K]
+    halvings = age_days / half_life_days
+    return (0.5 ** (halvings - halvings.min())).astype(np.float32)

@@ -227,3 +227,170 @@ def test_rag_examples_do_not_depend_on_the_steering_k(engine):
         assert len(engine.plan("Write a headline about the rain tomorrow.").retrieved) == 3
     finally:
         engine.configure(k=3, rag=0)
+
+
+# -- the token loop, llama.cpp failures and the eval callback -------------------------------------
+GREEDY_PROMPTS = [
+    "Write a headline about the concert.",
+    "Écris un titre sur la pluie 🌧️",
+    "What is the capital of France?",
+    "数学は楽しい",
+]
+
+
+def _prompt(engine, text, plan):
+    return engine._prompt_tokens(engine.messages(text, plan))
+
+
+@pytest.mark.parametrize("strength", [2.0, 40.0])
+def test_answers_equal_llama_cpp_greedy_completion(engine, strength):
+    """The engine's own token loop gives create_completion's greedy text for ordinary answers
+    (24 prompt/steering cases, before and after the switch), and counts every token."""
+    engine.configure(strength=strength, max_tokens=24)
+    try:
+        for text in GREEDY_PROMPTS:
+            plan = engine.plan(text)
+            for steer in (False, True):
+                *pieces, got = engine.stream(text, steer=steer, plan=plan)
+                prompt = _prompt(engine, text, plan)
+                engine._fresh_context()
+                with engine._steering(plan.vectors if steer else None, None, len(prompt)):
+                    want = engine.llm.create_completion(
+                        prompt, max_tokens=24, temperature=0.0, seed=0
+                    )
+                assert got.text == want["choices"][0]["text"].strip() and got.text
+                assert "".join(pieces).strip() == got.text
+                assert got.completion_tokens == want["usage"]["completion_tokens"] == 24
+                assert "\ufffd" not in got.text
+    finally:
+        engine.configure(strength=2.0, max_tokens=8)
+
+
+LEAD_BYTE_TOKEN = 173  # SmolLM2's byte-level token for the lone byte 0xE2 (a 3-byte lead)
+
+
+def _forcing_plan(tiny, engine, text, token):
+    """A plan whose MLP-site vector at the profile's last layer points along ``token``'s (tied)
+    embedding, strong enough that greedy decoding picks ``token`` every time."""
+    from safetensors.numpy import load_file
+
+    e = load_file(tiny.hf_dir / "model.safetensors")["model.embed_tokens.weight"][token]  # [n_embd]
+    plan = engine.plan(text)
+    plan.vectors = np.zeros_like(plan.vectors)  # [S, L, n_embd]
+    plan.vectors[engine.profile.sites.index("mlp"), -1] = 200.0 * e / np.linalg.norm(e)
+    return plan
+
+
+def test_token_budget_holds_when_steering_emits_bytes_that_never_form_a_character(tiny, engine):
+    """The real failure: strong steering made the model repeat a UTF-8 lead byte, and
+    create_completion ignored max_tokens until llama_decode found the context full."""
+    assert engine.llm.detokenize([LEAD_BYTE_TOKEN]) == b"\xe2"
+    text = "Write a headline about the rain."
+    plan = _forcing_plan(tiny, engine, text, LEAD_BYTE_TOKEN)
+    *pieces, reply = engine.stream(text, plan=plan)
+    n_prompt = reply.prompt_tokens
+    assert reply.completion_tokens == engine.config.max_tokens == 8
+    # every generated token went through the context except the last (sampled, never decoded)
+    assert engine.llm.n_tokens == n_prompt + 8 - 1 < engine.config.n_ctx
+    assert engine.llm.input_ids[n_prompt : n_prompt + 7].tolist() == [LEAD_BYTE_TOKEN] * 7
+    assert reply.text == "\ufffd" * 8 and "".join(pieces) == reply.text
+    assert engine.reply(text, steer=False).completion_tokens == 8  # and the engine goes on
+
+
+def test_a_full_context_is_an_error_that_says_what_to_change_and_the_engine_recovers(
+    tiny, tiny_profile, engine, onnx_encoder_dir, onnx_aggregator_path, monkeypatch
+):
+    text = "Write a headline about the market."
+    want_plain, want_steered = engine.reply(text, steer=False), engine.reply(text)
+    with Engine(
+        tiny.gguf_path,
+        tiny_profile,
+        engine.config,
+        encoder_dir=onnx_encoder_dir,
+        aggregator_path=onnx_aggregator_path,
+    ) as fresh:
+        # a prompt that leaves room for 2 of the 8 tokens: llama_decode really fails (code 1)
+        filler = fresh.llm.tokenize(b" word" * 300, add_bos=False)[: fresh.config.n_ctx - 2]
+        monkeypatch.setattr(fresh, "_prompt_tokens", lambda _messages: filler)
+        with pytest.raises(FintsEdgeError, match=r"context \(256 tokens\) is full: lower") as e:
+            fresh.reply(text)
+        assert "llama_decode returned 1" in str(e.value.__cause__)
+        assert not fresh.injector.active and fresh.llm.n_tokens == 0
+        monkeypatch.undo()
+        assert fresh.reply(text, steer=False).text == want_plain.text
+        got = fresh.reply(text)
+        assert (got.text, got.completion_tokens) == (want_steered.text, 8)
+
+
+def test_a_failure_inside_the_eval_callback_reaches_the_caller(engine, monkeypatch):
+    """A Python exception in the ctypes callback cannot cross C: ctypes used to print it and
+    llama.cpp went on with a half-computed graph. It must come out of the request instead."""
+    text = "Write a headline about the football."
+    before = engine.reply(text)
+    wrong = {b"l_out-1": np.ones(3, np.float32)}  # not [n_embd]: the in-place add fails
+    monkeypatch.setattr(engine.injector, "_by_tensor", lambda *_a: dict(wrong))
+    with pytest.raises(FintsEdgeError, match="graph tensor l_out-1 .ValueError") as e:
+        engine.reply(text)
+    assert isinstance(e.value.__cause__, ValueError)
+    assert not engine.injector.active
+    monkeypatch.undo()
+    assert engine.reply(text).text == before.text
+
+
+def test_a_failure_inside_the_eval_callback_reaches_the_extractor(engine, monkeypatch):
+    from fints_edge.extract import DeviceExtractor
+
+    extractor = DeviceExtractor(engine.llm, engine.injector, [1, 2])
+    item = ("Write a headline about the bridge.", "bridge news!", "The Bridge Story")
+    before = extractor.signal(*item)
+
+    def broken(*_args):
+        raise ValueError("cannot read this tensor")
+
+    monkeypatch.setattr(engine.injector, "_rows", broken)
+    with pytest.raises(FintsEdgeError, match="cannot read this tensor") as e:
+        extractor.signal(*item)
+    assert isinstance(e.value.__cause__, ValueError) and not engine.injector._taps
+    monkeypatch.undo()
+    np.testing.assert_array_equal(extractor.signal(*item).signal, before.signal)
+
+
+def test_a_short_half_life_never_underflows_every_weight():
+    """0.5 ** (100 days / 1e-6 days) is 0 in any float: the aggregator then had no weights."""
+    from fints_edge.engine import recency_weights
+
+    day = 86400.0
+    ts = np.array([0.0, 100 * day, 200 * day])
+    w = recency_weights(ts, np.array([0, 1]), half_life_days=1e-6)  # the newest not retrieved
+    assert w.tolist() == [0.0, 1.0]
+    w = recency_weights(ts, np.array([0, 1]), half_life_days=100)
+    np.testing.assert_allclose(w, [0.5, 1.0])  # same ratio as 0.25 : 0.5 from the newest
+
+
+@pytest.mark.parametrize("knob", ["strength", "temperature", "sim_full", "opening_strength"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_knobs_are_refused_when_set(engine, knob, value):
+    before = engine.config
+    with pytest.raises(FintsEdgeError, match=f"{knob} {value}: these must be finite"):
+        engine.configure(**{knob: value})
+    assert engine.config == before
+
+
+def test_text_that_utf8_cannot_carry_is_refused(engine):
+    """JSON can carry a lone surrogate ("\\ud800"); the tokenizers raised a TypeError on it."""
+    for call in (engine.plan, engine.reply, lambda t: engine.reply(t, steer=False)):
+        with pytest.raises(
+            FintsEdgeError, match="not valid Unicode .a lone surrogate at character 3"
+        ):
+            call("abc\ud800def")
+    with pytest.raises(FintsEdgeError, match="the answer is not valid Unicode"):
+        engine.learn("a headline", "x\udfff")
+    with pytest.raises(FintsEdgeError, match="the input must be text, got bytes"):
+        engine.reply(b"bytes")
+
+
+def test_sites_and_layers_the_profile_lacks_are_refused_when_set(engine):
+    before = engine.config
+    with pytest.raises(FintsEdgeError, match=r"no signals at layer\(s\) \[7\]; it has \[1, 2\]"):
+        engine.configure(layers=(7,))
+    assert engine.config == before and engine.reply("a headline about the rain").text
