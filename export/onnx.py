@@ -1,8 +1,8 @@
 """ONNX files the device runs: the sentence encoder (optimum) and the aggregation graph (torch).
 
-Both are written atomically (a temp file or folder next to the target, then a rename), so a crash
-never leaves a half-written encoder or aggregator behind, and both are skipped when a valid copy
-is already there. ``python -m export.onnx`` writes both to the default cache locations.
+Both are written atomically (``fints_edge._atomic``: a temp file or folder next to the target,
+fsynced, then renamed or swapped in), so a crash never leaves a half-written encoder or
+aggregator behind, and both are skipped when a valid copy is already there. ``python -m export.onnx`` writes both to the default cache locations.
 
 torch 2.13 exports the aggregator with the legacy TorchScript exporter (``dynamo=False``): the
 dynamo exporter needs ``onnxscript``, which is not installed here.
@@ -13,16 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fints_edge._atomic import atomic_dir, atomic_path, write_failed
+from fints_edge._cli import cli_main
 from fints_edge._paths import (
     ENCODER_NAME,
     default_aggregator_path,
@@ -95,9 +97,7 @@ def export_encoder(out_dir: Path | None = None, *, force: bool = False) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; the source is a local folder
     from optimum.exporters.onnx import main_export
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with _written(out_dir, "encoder"), atomic_dir(out_dir) as tmp:
         main_export(
             str(src),
             output=tmp,
@@ -115,23 +115,16 @@ def export_encoder(out_dir: Path | None = None, *, force: bool = False) -> Path:
             "model_bytes": (tmp / MODEL_FILE).stat().st_size,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the encoder is not a secret
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed
     return out_dir
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap ``new`` in as ``target``; an old target is moved aside first, then deleted."""
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)
+@contextmanager
+def _written(path: Path, what: str) -> Iterator[None]:
+    """A failed write on the disk (full, read-only) becomes one FintsEdgeError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise FintsEdgeError(write_failed(path, e, what)) from e
 
 
 # -- aggregator ---------------------------------------------------------------------------------
@@ -198,11 +191,7 @@ def export_aggregator(out_path: Path | None = None, *, force: bool = False) -> P
     out_path = Path(out_path) if out_path is not None else default_aggregator_path()
     if not force and _aggregator_is_valid(out_path):
         return out_path
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}-", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with _written(out_path, "aggregator"), atomic_path(out_path) as tmp:
         with warnings.catch_warnings():
             # The legacy exporter warns that it is legacy; it is the one that needs no onnxscript.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -226,15 +215,12 @@ def export_aggregator(out_path: Path | None = None, *, force: bool = False) -> P
         onnx.helper.set_model_props(model, {VERSION_KEY: AGGREGATOR_VERSION})
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
-        tmp.chmod(0o644)  # mkstemp makes it private
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+@cli_main("interrupted; files already in place were kept whole")
+def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m export.onnx",
         description="Export the ONNX sentence encoder and the aggregator the device runs.",
@@ -248,15 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="re-export even if valid files exist")
     args = p.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    try:
-        t0 = time.perf_counter()
-        enc = export_encoder(args.encoder_dir, force=args.force)
-        t1 = time.perf_counter()
-        agg = export_aggregator(args.aggregator, force=args.force)
-        t2 = time.perf_counter()
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    t0 = time.perf_counter()
+    enc = export_encoder(args.encoder_dir, force=args.force)
+    t1 = time.perf_counter()
+    agg = export_aggregator(args.aggregator, force=args.force)
+    t2 = time.perf_counter()
     print(f"encoder    {enc} ({t1 - t0:.1f} s)")
     print(f"aggregator {agg} ({t2 - t1:.1f} s)")
     return 0

@@ -24,6 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from export.styles import Style, load_styles
+from fints_edge._atomic import write_text
+from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_gguf
 from fints_edge.errors import FintsEdgeError
 
@@ -36,19 +38,25 @@ T0 = 1_700_000_000  # history timestamps start here, one day apart
 
 def load_pool(folder: Path = POOL_DIR) -> list[str]:
     """Model inputs from every *.jsonl in the pool folder, in file and line order."""
+    return [row["input"] for row in load_pool_rows(folder)]
+
+
+def load_pool_rows(folder: Path = POOL_DIR) -> list[dict[str, str]]:
+    """``{"kind", "input"}`` for every pool line (the input as the model sees it)."""
     files = sorted(folder.glob("*.jsonl"))
     if not files:
         raise FintsEdgeError(f"{folder}: no *.jsonl input pool files")
-    inputs = []
+    rows = []
     for f in files:
         for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
-                    inputs.append(TASK_PREFIX.get(row["kind"], "") + row["text"])
+                    text = TASK_PREFIX.get(row["kind"], "") + row["text"]
+                    rows.append({"kind": str(row["kind"]), "input": text})
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise FintsEdgeError(f"{f}:{n}: expected {{'id', 'kind', 'text'}}") from None
-    return inputs
+    return rows
 
 
 def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> dict[str, str]:
@@ -59,7 +67,7 @@ def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> di
         f"{model.resolve()}:{model.stat().st_size}:{max_tokens}".encode()
     ).hexdigest()[:16]
     cache = cache_dir() / "base-answers" / f"{key}.json"
-    answers: dict[str, str] = json.loads(cache.read_text()) if cache.is_file() else {}
+    answers = _read_cache(cache)
     missing = [t for t in dict.fromkeys(inputs) if t not in answers]
     if missing:
         llm = open_llama(model, n_ctx=1024)
@@ -74,11 +82,17 @@ def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> di
                 answers[text] = out["choices"][0]["text"].strip()
         finally:
             llm.close()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(answers))
-        tmp.replace(cache)
+        write_text(cache, json.dumps(answers))
     return {t: answers[t] for t in inputs}
+
+
+def _read_cache(path: Path) -> dict[str, str]:
+    """Cached answers; a missing or unreadable cache is only work to redo."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def pick_inputs(inputs: Sequence[str], users: int, need: int, seed: int) -> list[list[str]]:
@@ -150,6 +164,7 @@ def build_rows(
     return rows
 
 
+@cli_main("interrupted; files already written were kept whole")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m export.personas", description=__doc__.splitlines()[0]
@@ -175,33 +190,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pool", type=Path, default=POOL_DIR, help="folder of input pool *.jsonl files")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     args = p.parse_args(argv)
-    try:
-        if min(args.users, args.history, args.tests) < 1:
-            raise FintsEdgeError("--users, --history and --tests must be at least 1")
-        styles = load_styles(args.styles)
-        inputs = load_pool(args.pool)
-        model = args.model or default_gguf()
-        rows = make_dataset(
-            inputs,
-            styles,
-            model,
-            users=args.users,
-            history=args.history,
-            tests=args.tests,
-            seed=args.seed,
-            shift=args.shift,
-        )
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dataset.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (args.out / "styles.json").write_text(
-        json.dumps({"styles": [s.to_json() for s in styles]}, indent=2)
+    if min(args.users, args.history, args.tests) < 1:
+        raise FintsEdgeError("--users, --history and --tests must be at least 1")
+    styles = load_styles(args.styles)
+    inputs = load_pool(args.pool)
+    model = args.model or default_gguf()
+    rows = make_dataset(
+        inputs,
+        styles,
+        model,
+        users=args.users,
+        history=args.history,
+        tests=args.tests,
+        seed=args.seed,
+        shift=args.shift,
+    )
+    write_text(args.out / "dataset.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(
+        args.out / "styles.json", json.dumps({"styles": [s.to_json() for s in styles]}, indent=2)
     )
     manifest = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (args.out / "manifest.json").write_text(
-        json.dumps(manifest | {"model": str(model), "rows": len(rows)}, indent=2)
+    write_text(
+        args.out / "manifest.json",
+        json.dumps(manifest | {"model": str(model), "rows": len(rows)}, indent=2),
     )
     print(
         f"wrote {args.out}/dataset.jsonl: {len(rows)} rows for {args.users} users", file=sys.stderr

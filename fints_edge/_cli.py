@@ -11,10 +11,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from fints_edge.errors import FintsEdgeError
 
-Main = Callable[[Sequence[str] | None], int]
+class Main(Protocol):
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
 def fail(message: str) -> int:

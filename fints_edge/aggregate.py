@@ -143,22 +143,56 @@ class OnnxAggregator:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or 1  # tiny graph: more threads only add overhead
         opts.inter_op_num_threads = 1
+        fix = "re-export it with `python -m export.onnx --force`"
         try:
             self._session = ort.InferenceSession(
                 str(self.path), opts, providers=["CPUExecutionProvider"]
             )
+            # names and metadata of a damaged file can be invalid UTF-8: all inside this try
+            inputs = {i.name for i in self._session.get_inputs()}
+            outputs = {o.name for o in self._session.get_outputs()}
+            version = self._session.get_modelmeta().custom_metadata_map.get(VERSION_KEY)
         except Exception as e:  # onnxruntime raises bare Exception subclasses for bad files
-            raise FintsEdgeError(
-                f"{self.path}: not a readable ONNX aggregator ({e}); re-export it with "
-                "`python -m export.onnx --force`"
-            ) from e
-        names = tuple(i.name for i in self._session.get_inputs())
-        version = self._session.get_modelmeta().custom_metadata_map.get(VERSION_KEY)
-        if set(names) != set(AGGREGATOR_INPUTS) or version != AGGREGATOR_VERSION:
+            raise FintsEdgeError(f"{self.path}: not a readable ONNX aggregator ({e}); {fix}") from e
+        if (
+            inputs != set(AGGREGATOR_INPUTS)
+            or outputs != set(AGGREGATOR_OUTPUTS)
+            or version != AGGREGATOR_VERSION
+        ):
             raise FintsEdgeError(
                 f"{self.path}: aggregator from another version (v{version}, want "
-                f"v{AGGREGATOR_VERSION}); re-export it with `python -m export.onnx --force`"
+                f"v{AGGREGATOR_VERSION}); {fix}"
             )
+        self._self_check(fix)
+
+    def _self_check(self, fix: str) -> None:
+        """One small request against the reference math: a file whose constants were damaged
+        (a flipped bit still parses) is refused instead of steering with the wrong numbers."""
+        rng = np.random.default_rng(0)
+        sims = np.array([0.9, 0.5, 0.7], np.float32)  # [K]
+        signals = rng.normal(size=(3, 2, 2, 4)).astype(np.float32)  # [K, S, L, E]
+        for params in (
+            AggregateParams(),
+            AggregateParams(0.1, 2.0, 0.2, 0.8, np.array([1.0, 0.5, 2.0], np.float32)),
+        ):
+            want = numpy_aggregate(sims, signals, params)
+            try:
+                got = self(sims, signals, params)
+                ok = (
+                    got.vectors.shape == want.vectors.shape
+                    and np.allclose(got.vectors, want.vectors, rtol=1e-4, atol=1e-5)
+                    and np.allclose(got.weights, want.weights, rtol=1e-4, atol=1e-6)
+                    and abs(got.gate - want.gate) < 1e-5
+                )
+            except Exception as e:  # a damaged graph can fail at run time instead
+                raise FintsEdgeError(
+                    f"{self.path}: the aggregator fails to run ({e}); {fix}"
+                ) from e
+            if not ok:
+                raise FintsEdgeError(
+                    f"{self.path}: the aggregator computes something other than the reference "
+                    f"math (a damaged or edited file); {fix}"
+                )
 
     def __call__(
         self, similarities: np.ndarray, signals: np.ndarray, params: AggregateParams

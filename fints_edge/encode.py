@@ -33,10 +33,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         name, dim, max_length = str(m["name"]), int(m["dim"]), int(m["max_length"])
     except FileNotFoundError as e:
         raise FintsEdgeError(f"{path}: encoder not found; {_EXPORT_HINT}") from e
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, OverflowError) as e:
         raise FintsEdgeError(f"{path}: corrupt encoder manifest ({e}); {_EXPORT_HINT}") from e
     if m.get("pooling") != "mean" or m.get("normalize") is not True or dim < 1 or max_length < 2:
-        raise FintsEdgeError(f"{path}: unsupported encoder settings {m}; {_EXPORT_HINT}")
+        raise FintsEdgeError(f"{path}: unsupported encoder settings {str(m)[:200]}; {_EXPORT_HINT}")
     return {"name": name, "dim": dim, "max_length": max_length}
 
 
@@ -58,6 +58,7 @@ class Encoder:
         # tokenizers and onnxruntime raise bare Exception subclasses for unreadable files.
         try:
             tok = Tokenizer.from_file(str(self.path / TOKENIZER_FILE))
+            tok.encode(PROBE_SENTENCE)  # a damaged vocabulary can load and fail only here
         except Exception as e:
             raise FintsEdgeError(
                 f"{self.path / TOKENIZER_FILE}: corrupt ({e}); {_EXPORT_HINT}"
@@ -69,19 +70,34 @@ class Encoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
+        model = self.path / MODEL_FILE
         try:
             self._session = ort.InferenceSession(
-                str(self.path / MODEL_FILE), opts, providers=["CPUExecutionProvider"]
+                str(model), opts, providers=["CPUExecutionProvider"]
             )
+            # names of a damaged file can be invalid UTF-8: read them inside this try
+            self._input_names = {i.name for i in self._session.get_inputs()}
+            outputs = self._session.get_outputs()
+            out_dim = outputs[0].shape[-1] if outputs and outputs[0].shape else None
         except Exception as e:
-            raise FintsEdgeError(f"{self.path / MODEL_FILE}: corrupt ({e}); {_EXPORT_HINT}") from e
-        self._input_names = {i.name for i in self._session.get_inputs()}
-        out = self._session.get_outputs()[0]
-        if out.shape[-1] != self.dim:
+            raise FintsEdgeError(f"{model}: corrupt ({e}); {_EXPORT_HINT}") from e
+        if not {"input_ids", "attention_mask"} <= self._input_names:
             raise FintsEdgeError(
-                f"{self.path / MODEL_FILE}: outputs {out.shape[-1]} dims but {MANIFEST} says "
-                f"{self.dim}; {_EXPORT_HINT}"
+                f"{model}: not a sentence encoder (inputs {sorted(self._input_names)}); "
+                f"{_EXPORT_HINT}"
             )
+        if out_dim != self.dim:
+            raise FintsEdgeError(
+                f"{model}: outputs {out_dim} dims but {MANIFEST} says {self.dim}; {_EXPORT_HINT}"
+            )
+        # One real run: a damaged graph or weights can load and fail (or give NaN) only here.
+        # The result is the probe embedding every profile check needs anyway.
+        try:
+            self._probe = self._encode_batch([PROBE_SENTENCE])[0]  # float32 [d]
+        except Exception as e:
+            raise FintsEdgeError(f"{model}: the encoder fails to run ({e}); {_EXPORT_HINT}") from e
+        if not np.isfinite(self._probe).all():
+            raise FintsEdgeError(f"{model}: the encoder outputs NaN or infinity; {_EXPORT_HINT}")
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings float32 [n, d]; batches are sorted by length to pad less."""
@@ -108,8 +124,8 @@ class Encoder:
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
     def probe(self) -> np.ndarray:
-        """This encoder's embedding of PROBE_SENTENCE, float32 [d]."""
-        return self.encode([PROBE_SENTENCE])[0]
+        """This encoder's embedding of PROBE_SENTENCE, float32 [d] (computed once, at load)."""
+        return self._probe.copy()
 
     def check_compatible(
         self, profile_encoder_name: str, profile_probe: np.ndarray, profile_path: str

@@ -1,24 +1,31 @@
 """The profile file (``me.npz``): one user's steering signals, bound to one model.
 
-Plain arrays only (loaded with ``allow_pickle=False``), a versioned format name, and the model's
-identity so that a profile built for another model is refused instead of steering garbage.
-Writes are atomic: a temp file in the same folder, fsync, then rename over the old file.
+Plain arrays only (never a pickle), a versioned format name, and the model's identity so that a
+profile built for another model is refused instead of steering garbage. Writes are atomic and
+durable (``fints_edge._atomic``): a failed or killed write leaves the old file intact.
+
+Loading trusts nothing in the file: member names, declared sizes (a zip bomb is refused before
+anything is decompressed) and every ``.npy`` header (dtype, shape against the profile's own
+dimensions) are checked before a byte of array data is read.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import lzma
+import math
 import os
-import tempfile
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 
+from fints_edge._atomic import atomic_write, write_failed
 from fints_edge.errors import ProfileError
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
 
@@ -29,8 +36,51 @@ READABLE_VERSIONS = (1, 2)
 PromptFormat = Literal["chat", "plain"]
 PROMPT_FORMATS: tuple[PromptFormat, ...] = ("chat", "plain")
 
+# Limits on what a profile file may declare, checked before anything is decompressed. 4 GiB holds
+# 100k items x 2 sites x 2 layers x 896 float16 signals (0.72 GB; 1.43 GB with opening signals)
+# plus keys and texts, with room to spare.
+MAX_PROFILE_BYTES = 4 << 30  # uncompressed, all members together
+MAX_SMALL_BYTES = 1 << 16  # each scalar, ``layers`` and ``sites``
+MAX_INFLATION = 200  # profiles are written uncompressed; >200x inflation is a zip bomb
+_INFLATION_FREE = 1 << 20  # members below 1 MiB may compress as well as they like
+_NPY_MAX_HEADER = 10_000  # numpy's own default for untrusted files
+_READ_CHUNK = 1 << 20
+
 _REBUILD = "rebuild it with `python -m export.build`"
 _UNSAVED = "profile (not saved yet)"
+
+_TEXT_SCALARS = (
+    "format_name",
+    "model_arch",
+    "model_tokenizer_sha256",
+    "attn_reading",
+    "encoder_name",
+    "prompt_format",
+    "created",
+)
+_INT_SCALARS = (
+    "format_version",
+    "model_n_layer",
+    "model_n_embd",
+    "model_n_vocab",
+    "opening_tokens",
+)
+_SMALL = (*_TEXT_SCALARS, *_INT_SCALARS, "layers", "sites")
+# the rest, read in this order once their headers match the dimensions found so far
+_LARGE = (
+    "signals",
+    "keys",
+    "encoder_probe",
+    "timestamps",
+    "residual_norms",
+    "inputs_offsets",
+    "inputs_utf8",
+    "outputs_offsets",
+    "outputs_utf8",
+    "opening",
+)
+_OPTIONAL = ("opening", "opening_tokens")
+_FIELDS = frozenset((*_SMALL, *_LARGE))
 
 
 def tokenizer_fingerprint(tokens: Iterable[str]) -> str:
@@ -211,48 +261,36 @@ class Profile:
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: the old file survives any failure before the final rename."""
+        """Write atomically and durably; on any failure the old file is left as it was.
+
+        A new file is private to the user (0600): it holds their history."""
         path = Path(path)
         if path.suffix != ".npz":
             raise ProfileError(f"{path}: a profile file name must end in .npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with atomic_write(path, perms=0o600) as f:
                 np.savez(f, **self.to_arrays())  # type: ignore[arg-type]
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        except OSError as e:  # full disk, read-only folder, no permission
+            raise ProfileError(write_failed(path, e, "profile")) from e
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
         """Load and validate every field; errors name the file and the field."""
         path = Path(path)
+        if path.is_dir():
+            raise ProfileError(f"{path}: is a folder; pass the profile file (.npz) inside it")
         if not path.is_file():
             raise ProfileError(f"{path}: no such profile; build one with `python -m export.build`")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+            arrays = _read_npz(path, str(path))
+        except _ZIP_ERRORS as e:
             raise ProfileError(f"{path}: not a readable profile ({e}); {_REBUILD}") from e
         return cls.from_arrays(arrays, source=str(path))
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray], source: str = "profile") -> Profile:
-        name = _scalar(a, "format_name", str, source)
-        if name != FORMAT_NAME:
-            raise ProfileError(f"{source}: not a fints-edge profile (format '{name}')")
-        version = _scalar(a, "format_version", int, source)
-        if version not in READABLE_VERSIONS:
-            raise ProfileError(
-                f"{source}: profile format version {version}, this fints-edge reads versions "
-                f"{', '.join(map(str, READABLE_VERSIONS))}; {_REBUILD}"
-            )
+        version = _check_format(a, source)
         has_opening = version >= 2 and "opening" in a
         model = ModelIdentity(
             arch=_scalar(a, "model_arch", str, source),
@@ -327,9 +365,220 @@ def _unpack_texts(a: dict[str, np.ndarray], name: str, source: str) -> np.ndarra
     return np.asarray(texts, dtype=str)
 
 
+# -- reading a file nobody vouches for ------------------------------------------------------------
+# Everything zipfile, zlib and numpy's header parser raise for a damaged or hostile file.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+)
+
+
+def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
+    """The profile's arrays; each member's size and ``.npy`` header is checked before its data."""
+    with zipfile.ZipFile(path) as z:
+        members = _members(z, source)
+        a = {k: _read_member(z, members[k], source, _small_rule(k)) for k in _SMALL if k in members}
+        version = _check_format(a, source)
+        dims = _Dims(source, a)
+        for key in _LARGE:
+            if key == "opening" and version < 2:
+                continue  # version 1 had no opening signals; a stray member is ignored
+            if key not in members:
+                if key in _OPTIONAL:
+                    continue
+                raise _fail(source, key, "is missing")
+            a[key] = _read_member(z, members[key], source, dims.rule(key))
+    return a
+
+
+def _members(z: zipfile.ZipFile, source: str) -> dict[str, zipfile.ZipInfo]:
+    """field -> ZipInfo; refuses unknown or repeated names and sizes past the limits."""
+    out: dict[str, zipfile.ZipInfo] = {}
+    total = 0
+    for info in z.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key not in _FIELDS or not info.filename.endswith(".npy"):
+            raise ProfileError(
+                f"{source}: unexpected member '{info.filename[:80]}' (a profile holds only its "
+                f"named .npy arrays); {_REBUILD}"
+            )
+        if key in out:
+            raise ProfileError(f"{source}: member '{info.filename}' appears twice; {_REBUILD}")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ProfileError(
+                f"{source}: member '{info.filename}' uses compression method "
+                f"{info.compress_type} (only stored or deflated); {_REBUILD}"
+            )
+        total += info.file_size
+        if info.file_size > MAX_PROFILE_BYTES or total > MAX_PROFILE_BYTES:
+            raise ProfileError(
+                f"{source}: member '{info.filename}' declares {info.file_size:,} bytes "
+                f"uncompressed ({total:,} so far); profiles are limited to "
+                f"{MAX_PROFILE_BYTES:,} bytes (MAX_PROFILE_BYTES); {_REBUILD}"
+            )
+        if info.file_size > _INFLATION_FREE and info.file_size > MAX_INFLATION * max(
+            info.compress_size, 1
+        ):
+            raise ProfileError(
+                f"{source}: member '{info.filename}' would inflate {info.compress_size:,} bytes "
+                f"to {info.file_size:,} (over {MAX_INFLATION}x: a zip bomb, not a profile); "
+                f"{_REBUILD}"
+            )
+        out[key] = info
+    return out
+
+
+# A rule checks one member's header: (dtype, shape) -> what is wrong, or None when it fits.
+_Rule = Callable[[np.dtype, tuple[int, ...]], str | None]
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, rule: _Rule) -> np.ndarray:
+    """One ``.npy`` member: header first (size, dtype, shape), data only if all of it is right."""
+    key = info.filename.removesuffix(".npy")
+    with z.open(info) as f:
+        shape, fortran, dtype = _npy_header(f, source, key)
+        if dtype.hasobject:
+            raise _fail(source, key, "holds Python objects (pickles are never loaded)")
+        if any(d < 0 for d in shape):
+            raise _fail(source, key, f"has a negative dimension in its shape {shape}")
+        count = math.prod(shape)
+        if info.file_size != f.tell() + count * dtype.itemsize:
+            raise _fail(
+                source,
+                key,
+                f"header says {dtype} {shape} ({count * dtype.itemsize:,} bytes) but the member "
+                f"holds {info.file_size - f.tell():,} bytes of data",
+            )
+        problem = rule(dtype, shape)
+        if problem:
+            raise _fail(source, key, problem)
+        arr = np.ndarray(count, dtype=dtype)  # np.empty mishandles zero-width strings
+        raw = arr.view(np.uint8) if arr.nbytes else arr[:0]  # [count * itemsize]
+        for start in range(0, raw.size, _READ_CHUNK):  # one copy, no bytes object of it all
+            got = f.readinto(raw[start : start + _READ_CHUNK])  # type: ignore[attr-defined]
+            if got != min(_READ_CHUNK, raw.size - start):
+                raise _fail(source, key, "is cut short")
+    if fortran:
+        return np.ascontiguousarray(arr.reshape(shape[::-1]).T)
+    return arr.reshape(shape)
+
+
+def _npy_header(f: IO[bytes], source: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_MAX_HEADER)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_MAX_HEADER)
+    raise _fail(source, key, f"is in .npy format version {version}, not 1.0 or 2.0")
+
+
+def _small_rule(key: str) -> _Rule:
+    def rule(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        if dtype.itemsize * math.prod(shape) > MAX_SMALL_BYTES:
+            return f"is {dtype} {shape}, far larger than such a field can be"
+        if key in ("layers", "sites"):
+            kinds, what = ("iu", "integers") if key == "layers" else ("U", "text")
+            if len(shape) != 1 or dtype.kind not in kinds:
+                return f"must be a 1-D array of {what}, is {dtype} {shape}"
+            return None
+        if shape != ():
+            return f"should be a scalar, has shape {shape}"
+        if key in _TEXT_SCALARS and dtype.kind != "U":
+            return f"should be text, is {dtype}"
+        if key in _INT_SCALARS and dtype.kind not in "iu":
+            return f"should be an integer, is {dtype}"
+        return None
+
+    return rule
+
+
+class _Dims:
+    """The profile's own dimensions (N items, S sites, L layers, E = n_embd, D = key size), and a
+    header rule per large member; N and D come from the headers of ``signals`` and ``keys``."""
+
+    def __init__(self, source: str, a: dict[str, np.ndarray]) -> None:
+        self.S = _array(a, "sites", source).size
+        self.L = _array(a, "layers", source).size
+        self.E = _scalar(a, "model_n_embd", int, source)
+        if self.E < 1:
+            raise _fail(source, "model_n_embd", "sizes must be > 0")
+        self.N = self.D = 0
+
+    def rule(self, key: str) -> _Rule:
+        def rule(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+            want_dtype, layout = _LAYOUT[key]
+            if dtype != want_dtype:
+                return f"must be {np.dtype(want_dtype)} {layout}, is {dtype}"
+            if key == "signals":
+                if len(shape) != 4:
+                    return f"must be {layout}, has shape {shape}"
+                if shape[0] == 0:
+                    return "is empty: a profile needs at least one history item"
+                self.N = shape[0]
+            elif key == "keys":
+                if len(shape) != 2:
+                    return f"must be float16 {layout}, has shape {shape}"
+                self.D = shape[1]
+            want = self._shape(key, shape)
+            return None if shape == want else f"has shape {shape}, expected {want} {layout}"
+
+        return rule
+
+    def _shape(self, key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+        n, items = self.N, (self.N, self.S, self.L, self.E)
+        return {
+            "signals": items,
+            "opening": items,
+            "keys": (n, self.D),
+            "encoder_probe": (self.D,),
+            "timestamps": (n,),
+            "residual_norms": (self.L,),
+            "inputs_offsets": (n + 1,),
+            "outputs_offsets": (n + 1,),
+            "inputs_utf8": shape[:1] if len(shape) == 1 else (-1,),
+            "outputs_utf8": shape[:1] if len(shape) == 1 else (-1,),
+        }[key]
+
+
+_LAYOUT: dict[str, tuple[type, str]] = {
+    "signals": (np.float16, "[N, sites, layers, n_embd]"),
+    "opening": (np.float16, "[N, sites, layers, n_embd]"),
+    "keys": (np.float16, "[N, D]"),
+    "encoder_probe": (np.float32, "[D]"),
+    "timestamps": (np.float64, "[N]"),
+    "residual_norms": (np.float32, "[layers]"),
+    "inputs_offsets": (np.int64, "[N + 1]"),
+    "outputs_offsets": (np.int64, "[N + 1]"),
+    "inputs_utf8": (np.uint8, "[bytes]"),
+    "outputs_utf8": (np.uint8, "[bytes]"),
+}
+
+
 # -- validation ------------------------------------------------------------------------------
 def _fail(source: str, field: str, problem: str) -> ProfileError:
     return ProfileError(f"{source}: field '{field}' {problem}; {_REBUILD}")
+
+
+def _check_format(a: dict[str, np.ndarray], source: str) -> int:
+    """The format name and a readable version, checked before anything else; returns the version."""
+    name = _scalar(a, "format_name", str, source)
+    if name != FORMAT_NAME:
+        raise ProfileError(f"{source}: not a fints-edge profile (format '{name[:80]}')")
+    version = _scalar(a, "format_version", int, source)
+    if version not in READABLE_VERSIONS:
+        raise ProfileError(
+            f"{source}: profile format version {version}, this fints-edge reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; {_REBUILD}"
+        )
+    return version
 
 
 def _array(a: dict[str, np.ndarray], key: str, source: str) -> np.ndarray:
@@ -389,6 +638,7 @@ def _validate(p: Profile, source: str) -> None:
 
     need(p.keys.dtype == np.float16 and p.keys.ndim == 2, "keys", "must be float16 [N, D]")
     need(p.keys.shape[0] == n, "keys", f"has {p.keys.shape[0]} rows for {n} items")
+    need(bool(np.isfinite(p.keys).all()), "keys", "contains NaN or infinity")
     norms = np.linalg.norm(p.keys.astype(np.float32), axis=1)
     need(bool(np.allclose(norms, 1.0, atol=2e-3)), "keys", "rows must be L2-normalised")
     d = p.keys.shape[1]
@@ -396,6 +646,7 @@ def _validate(p: Profile, source: str) -> None:
     need(
         probe.dtype == np.float32 and probe.shape == (d,), "encoder_probe", f"must be float32 [{d}]"
     )
+    need(bool(np.isfinite(probe).all()), "encoder_probe", "contains NaN or infinity")
     for field in ("inputs", "outputs"):
         arr = getattr(p, field)
         need(arr.dtype.kind == "U" and arr.shape == (n,), field, f"must be {n} strings")
@@ -405,21 +656,17 @@ def _validate(p: Profile, source: str) -> None:
         f"must be float64 [{n}]",
     )
     need(
+        not bool(np.isinf(p.timestamps).any()),
+        "timestamps",
+        "contains infinity (unix seconds, or NaN when unknown)",
+    )
+    need(
         p.residual_norms.dtype == np.float32 and p.residual_norms.shape == (p.layers.size,),
         "residual_norms",
         f"must be float32 [{p.layers.size}]",
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform can open a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    need(
+        bool(np.isfinite(p.residual_norms).all() and (p.residual_norms >= 0).all()),
+        "residual_norms",
+        "must be finite and >= 0",
+    )

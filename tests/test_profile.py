@@ -1,6 +1,10 @@
+import errno
+import io
 import os
+import pickle
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 from dataclasses import replace
 
@@ -26,13 +30,40 @@ def test_round_trip_is_exact(tmp_path):
     _assert_same(p, Profile.load(path))
 
 
-def test_load_refuses_pickles(tmp_path):
+UNPICKLED: list[str] = []
+
+
+def _ran_code() -> int:
+    UNPICKLED.append("code from the profile ran")
+    return 0
+
+
+class _Payload:
+    """Unpickling this calls _ran_code, as a hostile pickle would call os.system."""
+
+    def __reduce__(self):
+        return (_ran_code, ())
+
+
+@pytest.mark.parametrize(
+    ("field", "shape"),
+    [("created", ()), ("inputs_utf8", (4,)), ("signals", (5, 2, 2, 8)), ("timestamps", (5,))],
+)
+def test_load_never_unpickles(tmp_path, monkeypatch, field, shape):
+    """An object array of the field's own shape: a loader that unpickled it (allow_pickle=True,
+    or a dtype check after the read) would run its code before any check could refuse it."""
     path = tmp_path / "evil.npz"
     arrays = profile().to_arrays()
-    arrays["inputs_utf8"] = np.array([{"x": 1}], dtype=object)
-    np.savez(path, **arrays)
-    with pytest.raises(ProfileError, match="evil.npz"):
+    payload = np.empty(shape, dtype=object)
+    payload[...] = _Payload()
+    arrays[field] = payload
+    np.savez(path, **arrays)  # numpy pickles object arrays when writing
+    UNPICKLED.clear()
+    monkeypatch.setattr(pickle, "load", lambda *_a, **_k: UNPICKLED.append("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", lambda *_a, **_k: UNPICKLED.append("pickle.loads"))
+    with pytest.raises(ProfileError, match=rf"evil\.npz: field '{field}' holds Python objects"):
         Profile.load(path)
+    assert UNPICKLED == []
 
 
 def test_truncated_file_is_refused_with_its_name(tmp_path):
@@ -108,14 +139,15 @@ def test_wrong_model_is_refused():
 
 
 def test_failed_write_keeps_old_profile(tmp_path, monkeypatch):
+    """More faults (full disk, read-only folder, Ctrl-C, SIGINT) in tests/test_atomic.py."""
     path = profile(seed=1).save(tmp_path / "me.npz")
     before = path.read_bytes()
 
     def boom(*_args, **_kwargs):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "savez", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(ProfileError, match="no space left on device.*previous profile is intact"):
         profile(seed=2).save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["me.npz"]  # no temp file left behind
@@ -141,9 +173,16 @@ def test_killed_writer_keeps_old_profile(tmp_path):
     assert Profile.load(path).n_items == 3
 
 
-def test_user_vector_is_mean_of_signals():
-    p = profile()
-    np.testing.assert_allclose(p.user_vector(), p.signals.astype(np.float32).mean(0))
+def test_user_vector_is_the_mean_over_items_by_hand():
+    sig = np.zeros((3, 2, 2, 8), np.float16)  # [N=3, S=2, L=2, E=8]
+    sig[:, 0, 0, 0] = [1.0, 2.0, 6.0]  # mean 3
+    sig[:, 1, 1, 7] = [-1.0, 0.5, 0.0]  # mean -1/6
+    sig[0, 0, 1, 3] = 9.0  # one item only: 9 / 3
+    u = replace(profile(n=3), signals=sig).user_vector()
+    assert u.shape == (2, 2, 8) and u.dtype == np.float32
+    assert u[0, 0, 0] == 3.0 and u[0, 1, 3] == 3.0
+    assert u[1, 1, 7] == pytest.approx(-1 / 6)
+    assert np.count_nonzero(u) == 3
 
 
 def test_add_and_forget_items():
@@ -199,3 +238,153 @@ def test_opening_signals_round_trip_and_follow_item_edits(tmp_path):
     assert grown.opening.shape[0] == 4
     with pytest.raises(ProfileError, match="opening"):
         replace(base, opening=base.signals[:2], opening_tokens=3)
+
+
+# -- loading files nobody vouches for (random ones: tests/test_fuzz.py) -----------------------------
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _npy_header(shape: tuple[int, ...], dtype: str, data: bytes = b"") -> bytes:
+    """A .npy member whose header claims ``shape`` whatever the data that follows."""
+    buf = io.BytesIO()
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + data
+
+
+def _zip(path, members: dict[str, bytes], method: int = zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", method) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def _members(p=None) -> dict[str, bytes]:
+    return {f"{k}.npy": _npy(v) for k, v in (p or profile()).to_arrays().items()}
+
+
+def _declare_size(data: bytes, name: str, size: int) -> bytes:
+    """Patch ``name``'s sizes in the central directory (compressed and not: a stored member that
+    claims ``size`` bytes), as a hostile file would."""
+    at = 0
+    while True:
+        at = data.index(b"PK\x01\x02", at)
+        n = int.from_bytes(data[at + 28 : at + 30], "little")
+        if data[at + 46 : at + 46 + n] == name.encode():
+            sizes = size.to_bytes(4, "little") * 2  # compressed, uncompressed
+            return data[: at + 20] + sizes + data[at + 28 :]
+        at += 4
+
+
+def _no_decompression(monkeypatch):
+    def refuse(*_a, **_k):
+        raise AssertionError("a member was opened")
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
+
+
+def test_declared_sizes_over_the_limit_are_refused_before_any_member_is_read(tmp_path, monkeypatch):
+    data = _zip(tmp_path / "bomb.npz", _members()).read_bytes()
+    for name in ("signals.npy", "keys.npy"):  # 2 x 3 GiB > MAX_PROFILE_BYTES
+        data = _declare_size(data, name, 3 << 30)
+    (tmp_path / "bomb.npz").write_bytes(data)
+    _no_decompression(monkeypatch)
+    with pytest.raises(ProfileError, match=r"limited to 4,294,967,296 bytes \(MAX_PROFILE_BYTES\)"):
+        Profile.load(tmp_path / "bomb.npz")
+
+
+def test_a_zip_bomb_under_the_limit_is_refused_by_its_inflation(tmp_path, monkeypatch):
+    members = _members()
+    zeros = np.zeros(40 << 20, np.uint8)  # 40 MB of zeros deflate to ~40 KB
+    members["inputs_utf8.npy"] = _npy(zeros)
+    path = _zip(tmp_path / "bomb.npz", members, zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    _no_decompression(monkeypatch)
+    with pytest.raises(ProfileError, match=r"'inputs_utf8.npy' would inflate .* zip bomb"):
+        Profile.load(path)
+
+
+def test_a_huge_shape_in_a_header_is_refused_before_allocating(tmp_path):
+    members = _members()
+    members["signals.npy"] = _npy_header((10**12, 2, 2, 8), "<f2", b"\0" * 64)
+    path = _zip(tmp_path / "huge.npz", members)
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            ProfileError, match=r"field 'signals' header says float16 \(10+, 2, 2, 8\)"
+        ):
+            Profile.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20  # bytes: nothing near the 32 TB the header asks for
+
+
+@pytest.mark.parametrize(
+    ("name", "member", "message"),
+    [
+        ("evil.npy", b"x", r"unexpected member 'evil\.npy'"),
+        ("keys", b"x", r"unexpected member 'keys'"),
+        ("signals.npy", _npy_header((5, 2, 2, 8), "|O"), r"'signals' holds Python objects"),
+        ("keys.npy", _npy(np.ones((5, 6, 1), np.float16)), r"'keys' must be float16 \[N, D\]"),
+        ("created.npy", _npy(np.array("x" * 20000)), r"'created' is <U20000 \(\), far larger"),
+        ("layers.npy", _npy(np.array([1.0, 3.0])), r"'layers' must be a 1-D array of integers"),
+        ("timestamps.npy", _npy(np.zeros(4)), r"'timestamps' has shape \(4,\), expected \(5,\)"),
+        ("encoder_probe.npy", _npy(np.zeros(6, np.float64)), r"'encoder_probe' must be float32"),
+        ("signals.npy", _npy_header((5, 2, 2, 8), "<f2", b"\0" * 10), r"but the member holds 10"),
+        ("sites.npy", _npy_header((-2,), "<U4"), r"'sites' has a negative dimension"),
+    ],
+)
+def test_members_are_checked_before_their_data(tmp_path, name, member, message):
+    members = _members()
+    members[name] = member
+    with pytest.raises(ProfileError, match=message) as e:
+        Profile.load(_zip(tmp_path / "bad.npz", members))
+    assert str(e.value).startswith(str(tmp_path / "bad.npz"))
+    assert "python -m export.build" in str(e.value)
+
+
+def test_a_repeated_member_is_refused(tmp_path):
+    members = _members()
+    path = _zip(tmp_path / "twice.npz", members)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as z:
+        z.writestr("keys.npy", members["keys.npy"])
+    with pytest.raises(ProfileError, match="'keys.npy' appears twice"):
+        Profile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("field", "index", "value"),
+    [
+        ("residual_norms", 1, np.nan),
+        ("residual_norms", 0, -1.0),
+        ("encoder_probe", 2, np.inf),
+        ("keys", (0, 0), np.nan),
+        ("timestamps", 3, -np.inf),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path, field, index, value):
+    arrays = profile().to_arrays()
+    arrays[field] = arrays[field].copy()
+    arrays[field][index] = value
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(ProfileError, match=rf"nan\.npz: field '{field}' (contains|must be finite)"):
+        Profile.load(tmp_path / "nan.npz")
+
+
+def test_fortran_order_compressed_and_v1_files_still_load(tmp_path):
+    p = profile()
+    arrays = p.to_arrays()
+    arrays["signals"] = np.asfortranarray(arrays["signals"])
+    np.savez_compressed(tmp_path / "f.npz", **arrays)
+    back = Profile.load(tmp_path / "f.npz")
+    _assert_same(p, back)
+    assert back.signals.flags.c_contiguous
+
+
+def test_a_folder_is_not_a_profile(tmp_path):
+    with pytest.raises(ProfileError, match="is a folder; pass the profile file"):
+        Profile.load(tmp_path)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from export.gguf import (
     _interleave_rope_rows,
@@ -291,3 +296,88 @@ def test_cli(tiny, tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "missing.gguf"), str(tmp_path / "q.gguf")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing.gguf" in err
+
+
+# -- reliability: control vectors read back exactly whatever the values; failed writes leave nothing
+@settings(max_examples=15, deadline=None, database=None)
+@given(
+    vectors=st.integers(2, 6).flatmap(
+        lambda n_layer: hnp.arrays(
+            np.float32,
+            st.tuples(st.just(n_layer), st.integers(1, 16)),
+            elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
+        )
+    ),
+    hint=st.text(max_size=20),
+)
+def test_control_vectors_read_back_exactly(tmp_path_factory, vectors, hint):
+    vectors[0] = 0.0  # llama.cpp cannot steer layer 0's output
+    folder = tmp_path_factory.mktemp("cvec")
+    fields, tensors = _read_cvec(write_control_vector(vectors, folder / "cv.gguf", hint))
+    n = vectors.shape[0] - 1
+    assert fields == {
+        "general.architecture": "controlvector",
+        "controlvector.model_hint": hint,
+        "controlvector.layer_count": n,
+    }
+    assert sorted(tensors) == sorted(f"direction.{i}" for i in range(1, n + 1))
+    for i in range(1, n + 1):
+        assert tensors[f"direction.{i}"].tobytes() == vectors[i].tobytes()  # bit for bit
+    assert [p.name for p in folder.iterdir()] == ["cv.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("vectors", "message"),
+    [
+        (np.array([[0, 0], [1, 0], [0, np.nan]], np.float32), "NaN"),
+        (np.array([[0, 0], [np.inf, 1]], np.float32), "infinity"),
+        (np.ones((3, 4), np.float32), "row 0"),
+        (np.zeros((1, 4), np.float32), "shape"),
+        (np.zeros((2, 2, 2), np.float32), "shape"),
+    ],
+)
+def test_bad_control_vectors_write_nothing(tmp_path, vectors, message):
+    with pytest.raises(FintsEdgeError, match=message):
+        write_control_vector(vectors, tmp_path / "cv.gguf", "llama")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _disk_full(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_keeps_the_old_control_vector(tmp_path, monkeypatch):
+    import gguf
+
+    out = write_control_vector(_vectors(3, 4, {1: 1.0}), tmp_path / "cv.gguf", "llama")
+    before = out.read_bytes()
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
+    with pytest.raises(FintsEdgeError) as e:
+        write_control_vector(_vectors(3, 4, {2: 5.0}), out, "llama")
+    assert str(e.value) == (
+        f"{out}: could not write the file (no space left on device; free some disk space and "
+        "try again); the previous file is intact"
+    )
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["cv.gguf"]
+
+
+def test_cli_write_failures_and_ctrl_c_are_one_line(tmp_path, monkeypatch, capsys):
+    import gguf
+
+    prof = make_profile(n_layer=4, n_embd=8).save(tmp_path / "me.npz")
+    args = ["cvec", "--profile", str(prof), "--out", str(tmp_path / "u.gguf")]
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", _disk_full)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {tmp_path / 'u.gguf'}: could not write the file (no space left on device; free "
+        "some disk space and try again); no file was written\n"
+    )
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", interrupted)
+    assert main(args) == 130
+    assert capsys.readouterr().err == "\ninterrupted; no output file was changed\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["me.npz"]
