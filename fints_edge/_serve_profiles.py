@@ -1,0 +1,328 @@
+"""The profiles folder (one ``NAME.npz`` per user) and profiles built on the device from uploads.
+
+A new profile is learned from an uploaded history JSONL by the on-device learner
+(``fints_edge.learn``) on its own thread and its own llama context, so chatting goes on while it
+runs; its progress is polled as a job. The profile file appears only when it is complete
+(``Profile.save`` is atomic), and the uploaded copy is deleted whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fints_edge._serve_auth import check_name, ensure_private_dir
+from fints_edge.errors import FintsEdgeError, HistoryError, ProfileError
+from fints_edge.history import HistoryItem, read_history
+from fints_edge.profile import Profile
+
+log = logging.getLogger("fints_edge.serve")
+
+
+class NotFound(FintsEdgeError):
+    """A profile, item or job that does not exist (HTTP 404)."""
+
+
+class Conflict(FintsEdgeError):
+    """The name is taken or being built (HTTP 409)."""
+
+
+class ProfileStore:
+    """Names map to ``folder/NAME.npz``; a name is checked before it ever becomes a path."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = ensure_private_dir(folder)
+
+    def path(self, name: object) -> Path:
+        return self.folder / f"{check_name(name, 'user')}.npz"
+
+    def existing(self, name: object) -> Path:
+        path = self.path(name)
+        if not path.is_file():
+            raise NotFound(f"no profile named '{name}'; GET /v1/profiles lists them")
+        return path
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in self.folder.glob("*.npz") if _is_name(p.stem))
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """Cheap facts read from a few small arrays (the signals are not loaded)."""
+        path = self.existing(name)
+        out: dict[str, Any] = {"name": name, "bytes": path.stat().st_size}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out.update(
+                    items=int(len(z["inputs_offsets"]) - 1),
+                    layers=[int(x) for x in z["layers"]],
+                    sites=[str(x) for x in z["sites"]],
+                    created=str(z["created"]),
+                )
+        except Exception as e:  # listing must survive one bad file; say what is wrong with it
+            out["error"] = f"not a readable profile ({type(e).__name__})"
+        return out
+
+    def details(self, name: str) -> dict[str, Any]:
+        """Every item (id, input, output, timestamp): what "forget" picks from."""
+        p = Profile.load(self.existing(name))
+        items = [
+            {
+                "id": i,
+                "input": str(p.inputs[i]),
+                "output": str(p.outputs[i]),
+                "timestamp": None if math.isnan(t) else float(t),
+            }
+            for i, t in enumerate(p.timestamps.tolist())
+        ]
+        summary = self.summary(name)
+        return summary | {"items": len(items), "history": items}
+
+    def import_profile(self, name: str, source: Path) -> bool:
+        """Copy a validated profile in under ``name`` unless that name exists (False then)."""
+        dest = self.path(name)
+        if dest.exists():
+            return False
+        Profile.load(source).save(dest)
+        return True
+
+
+def _is_name(stem: str) -> bool:
+    try:
+        check_name(stem)
+    except FintsEdgeError:
+        return False
+    return True
+
+
+def read_upload(data: bytes, filename: str) -> list[HistoryItem]:
+    """Validate an uploaded history exactly as the CLI reads a file; messages name the upload."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HistoryError(f"{filename}: not UTF-8 text (byte {e.start})") from None
+    fd, tmp = tempfile.mkstemp(prefix="fints-upload-", suffix=".jsonl")  # outside the data folder
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return read_history(tmp)
+    except HistoryError as e:
+        raise HistoryError(str(e).replace(tmp, filename)) from None
+    finally:
+        os.unlink(tmp)
+
+
+# -- building profiles on the device ---------------------------------------------------------------
+@dataclass
+class LearnJob:
+    id: str
+    user: str
+    items: list[HistoryItem]
+    layers: list[int] | None
+    state: str = "queued"  # queued, running, done, failed, cancelled
+    phase: str = "waiting"
+    done: int = 0
+    total: int = 0
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    result: dict[str, Any] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": "build_profile",
+            "user": self.user,
+            "state": self.state,
+            "phase": self.phase,
+            "done": self.done,
+            "total": self.total,
+            "progress": round(self.done / self.total, 4) if self.total else 0.0,
+            "error": self.error,
+            "created": self.created,
+            "finished": self.finished,
+            "result": self.result,
+        }
+
+
+class _Progress:
+    """Stands in for the DeviceExtractor: counts its steps and stops it when cancelled."""
+
+    def __init__(self, extractor: Any, job: LearnJob, n_negatives: int) -> None:
+        self._ex, self._job = extractor, job
+        self._negatives_left = n_negatives
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ex, name)
+
+    def own_answer(self, *args: Any, **kwargs: Any) -> str:
+        self._step("negatives")
+        out = self._ex.own_answer(*args, **kwargs)
+        if self._negatives_left > 0:  # retries do not count twice
+            self._negatives_left -= 1
+            self._job.done += 1
+        return out
+
+    def signal(self, *args: Any, **kwargs: Any) -> Any:
+        self._step("signals")
+        out = self._ex.signal(*args, **kwargs)
+        self._job.done += 1
+        return out
+
+    def _step(self, phase: str) -> None:
+        if self._job.cancel.is_set():
+            raise _JobCancelled()
+        self._job.phase = phase
+
+
+class _JobCancelled(Exception):
+    pass
+
+
+class Builder:
+    """Runs profile-building jobs one at a time on a thread of its own (bounded backlog)."""
+
+    def __init__(self, store: ProfileStore, settings: Any, max_jobs: int = 4) -> None:
+        self.store, self.settings, self.max_jobs = store, settings, max_jobs
+        self.jobs: OrderedDict[str, LearnJob] = OrderedDict()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._closing = False
+
+    def submit(self, user: str, items: list[HistoryItem], layers: list[int] | None) -> LearnJob:
+        with self._lock:
+            if self._closing:
+                raise FintsEdgeError("the server is shutting down")
+            if self.store.path(user).exists():
+                raise Conflict(f"a profile named '{user}' exists; pick another name or delete it")
+            active = [j for j in self.jobs.values() if j.state in ("queued", "running")]
+            if any(j.user == user for j in active):
+                raise Conflict(f"a profile named '{user}' is being built already")
+            if len(active) >= self.max_jobs:
+                raise Conflict(f"{len(active)} profiles are being built; wait for one to finish")
+            job = LearnJob(uuid.uuid4().hex[:12], user, items, layers)
+            n_neg = sum(it.rejected is None for it in items)
+            job.total = n_neg + len(items)
+            self.jobs[job.id] = job
+            while len(self.jobs) > 50:  # keep the newest finished jobs for polling
+                oldest = next(iter(self.jobs.values()))
+                if oldest.state in ("queued", "running"):
+                    break
+                self.jobs.popitem(last=False)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fints-learn", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+            return job
+
+    def get(self, job_id: str) -> LearnJob:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job '{job_id}'")
+        return job
+
+    def cancel(self, job_id: str) -> LearnJob:
+        job = self.get(job_id)
+        job.cancel.set()
+        with self._lock:
+            if job.state == "queued":
+                job.state, job.finished = "cancelled", time.time()
+        return job
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            for job in self.jobs.values():
+                job.cancel.set()
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                job = next((j for j in self.jobs.values() if j.state == "queued"), None)
+                while job is None and not self._closing:
+                    self._wake.wait()
+                    job = next((j for j in self.jobs.values() if j.state == "queued"), None)
+                if self._closing or job is None:
+                    return
+                job.state, job.phase = "running", "loading the model"
+            try:
+                job.result = self._build(job)
+                job.state, job.phase = "done", "done"
+            except _JobCancelled:
+                job.state, job.phase = "cancelled", "cancelled"
+            except FintsEdgeError as e:
+                job.state, job.error = "failed", str(e)
+            except Exception as e:  # a bug: logged for the operator, summarised for the user
+                log.exception("profile job %s failed", job.id)
+                job.state, job.error = "failed", f"internal error ({type(e).__name__})"
+            finally:
+                job.finished = time.time()
+                job.items = []  # the uploaded texts are not kept in memory longer than needed
+
+    def _build(self, job: LearnJob) -> dict[str, Any]:
+        from fints_edge.encode import Encoder
+        from fints_edge.extract import DEFAULT_OPENING_TOKENS, DeviceExtractor
+        from fints_edge.inject import open_steerable
+        from fints_edge.layers import SITES, default_layer
+        from fints_edge.learn import Learner
+        from fints_edge.model import n_layers
+
+        s = self.settings
+        t0 = time.perf_counter()
+        llm, injector = open_steerable(s.model, "exact", n_ctx=s.n_ctx, n_threads=s.threads)
+        try:
+            encoder = Encoder(s.encoder_dir, threads=s.threads)
+            layers = job.layers or [default_layer(n_layers(llm))]
+            extractor = DeviceExtractor(
+                llm, injector, layers, SITES, "output", "chat", DEFAULT_OPENING_TOKENS
+            )
+            n_neg = sum(it.rejected is None for it in job.items)
+            learner = Learner(_Progress(extractor, job, n_neg), encoder, seed=s.seed)  # type: ignore[arg-type]
+            try:
+                profile = learner.new_profile(job.items, progress=False)
+            except ValueError as e:
+                if job.done > n_neg:
+                    raise
+                raise FintsEdgeError(
+                    "no history item was usable: each needs an output that differs from its "
+                    "'rejected' text (or from the model's own answer)"
+                ) from e
+        finally:
+            llm.close()
+        job.phase = "saving"
+        dest = self.store.path(job.user)
+        if dest.exists():
+            raise Conflict(f"a profile named '{job.user}' appeared meanwhile; nothing was written")
+        profile.save(dest)
+        return {
+            "user": job.user,
+            "items": profile.n_items,
+            "dropped": len(job.items) - profile.n_items,
+            "layers": profile.layers.tolist(),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+
+
+def profile_error_status(e: Exception) -> int:
+    if isinstance(e, NotFound):
+        return 404
+    if isinstance(e, Conflict):
+        return 409
+    if isinstance(e, ProfileError):
+        return 422
+    return 400
