@@ -46,14 +46,15 @@ def lowercase_share(text: str) -> float:
 
 def regenerate_history(out: Path = HISTORY) -> None:
     """Zero-shot headlines from the default GGUF (greedy), saved with their lowercase twins."""
-    from fints_edge.model import chat_prompt, open_llama
+    from fints_edge.generate import complete
+    from fints_edge.model import open_llama
+    from fints_edge.prompt import prompt_tokens
 
     llm = open_llama(default_gguf(), n_ctx=512)
     rows = []
     for snippet in snippets("history"):
-        prompt = chat_prompt(llm, [{"role": "user", "content": TASK + snippet}])
-        llm.reset()
-        text = llm.create_completion(prompt, max_tokens=32, temperature=0.0)["choices"][0]["text"]
+        prompt = prompt_tokens(llm, [{"role": "user", "content": TASK + snippet}])
+        text = complete(llm, prompt, 32)  # greedy
         headline = text.strip().splitlines()[0].strip().strip('"') if text.strip() else ""
         if not headline or headline.lower() == headline:
             continue  # no visible contrast for this item

@@ -61,7 +61,9 @@ def load_pool_rows(folder: Path = POOL_DIR) -> list[dict[str, str]]:
 
 def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> dict[str, str]:
     """The model's greedy zero-shot answers; cached per model file, only missing ones computed."""
-    from fints_edge.model import chat_prompt, open_llama
+    from fints_edge.generate import complete
+    from fints_edge.model import open_llama
+    from fints_edge.prompt import prompt_tokens
 
     key = hashlib.sha256(
         f"{model.resolve()}:{model.stat().st_size}:{max_tokens}".encode()
@@ -73,13 +75,8 @@ def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> di
         llm = open_llama(model, n_ctx=1024)
         try:
             for text in tqdm(missing, desc="base answers", unit="input"):
-                llm.reset()
-                out = llm.create_completion(
-                    chat_prompt(llm, [{"role": "user", "content": text}]),
-                    max_tokens=max_tokens,
-                    temperature=0.0,
-                )
-                answers[text] = out["choices"][0]["text"].strip()
+                prompt = prompt_tokens(llm, [{"role": "user", "content": text}])
+                answers[text] = complete(llm, prompt, max_tokens)  # greedy, a budget that holds
         finally:
             llm.close()
         write_text(cache, json.dumps(answers))

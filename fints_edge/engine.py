@@ -27,6 +27,7 @@ from fints_edge.inject import MODES, CallbackInjector, Mode, open_steerable, ste
 from fints_edge.layers import Site
 from fints_edge.model import check_gguf, identity_from_llama
 from fints_edge.profile import Profile
+from fints_edge.prompt import prompt_tokens
 
 if TYPE_CHECKING:  # learning pulls in rouge-score; chat-only sessions do not pay for it
     from fints_edge.learn import Learner
@@ -396,11 +397,9 @@ class Engine:
             yield
 
     def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        from fints_edge.model import chat_prompt
-
-        tokens = self.llm.tokenize(
-            chat_prompt(self.llm, messages).encode(), add_bos=False, special=True
-        )
+        """Message texts (the input, RAG examples) stay plain text: typed markers never
+        become control tokens (fints_edge.prompt)."""
+        tokens = prompt_tokens(self.llm, messages)
         room = self.config.n_ctx - self.config.max_tokens
         if len(tokens) > room:
             raise FintsEdgeError(

@@ -145,6 +145,42 @@ class Generation:
             self.injector.raise_error()
 
 
+def complete(
+    llm: Any,
+    prompt: Sequence[int],
+    max_tokens: int,
+    *,
+    seed: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 0.95,
+    injector: CallbackInjector | None = None,
+    fix: str = CONTEXT_FIX,
+) -> str:
+    """The whole answer after ``prompt``, stripped: ``create_completion``'s text for a token
+    prompt, with a budget that holds. As there, the budget is cut to the room the context has
+    left, and a prompt that fills the context is refused. The context is reset first."""
+    # llama.cpp may round the context up (to 256 at least); llama-cpp-python keeps as many token
+    # slots as were asked for
+    n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+    room = n_ctx - len(prompt)
+    if room < 1:
+        raise FintsEdgeError(
+            f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}: {fix}"
+        )
+    llm.reset()
+    gen = Generation(
+        llm,
+        prompt,
+        min(max_tokens, room),
+        seed=seed,
+        temperature=temperature,
+        top_p=top_p,
+        injector=injector,
+        fix=fix,
+    )
+    return "".join(gen).strip()
+
+
 def _free_sampler(llm: Any) -> None:
     """``Llama.generate`` leaves its sampler chain on the Llama, held in a reference cycle that
     only the cyclic garbage collector breaks; until it runs, their native memory piles up (+45 MB

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.generate import Generation, decode_error, token_piece
+from fints_edge.generate import Generation, complete, decode_error, token_piece
 from fints_edge.inject import open_steerable, steered
 
 
@@ -144,3 +144,78 @@ def test_each_generation_frees_its_sampler_at_once(exact):
     finally:
         gc.enable()
     assert growth < 10, f"RSS grew {growth:.1f} MB over 250 answers"
+
+
+# -- complete(): create_completion's replacement for whole answers --------------------------------
+def _chat(llm, text: str) -> list[int]:
+    from fints_edge.prompt import prompt_tokens
+
+    return prompt_tokens(llm, [{"role": "user", "content": text}])
+
+
+def _completion(llm, prompt, max_tokens: int, **sampling) -> str:
+    llm.reset()
+    return llm.create_completion(prompt, max_tokens=max_tokens, **sampling)["choices"][0]["text"]
+
+
+def test_complete_gives_create_completions_text_greedy_and_sampled(exact):
+    from fints_edge.pairs import RETRY_SAMPLING
+
+    llm, injector = exact
+    for text in ("Write a headline about the concert.", "What is the capital of France?"):
+        prompt = _chat(llm, text)
+        greedy = complete(llm, prompt, 16, injector=injector)
+        assert greedy == _completion(llm, prompt, 16, temperature=0.0).strip() and greedy
+        sampled = complete(llm, prompt, 16, seed=3, **RETRY_SAMPLING)
+        # create_completion drops bytes that form no character; complete shows U+FFFD for them
+        want = _completion(llm, prompt, 16, seed=3, **RETRY_SAMPLING).strip()
+        assert sampled.replace("\ufffd", "") == want and sampled != greedy
+
+
+def test_the_models_own_answer_is_create_completions(exact):
+    """The negative DeviceExtractor generates: greedy first, then sampled with seed + attempt."""
+    from fints_edge.extract import DeviceExtractor
+    from fints_edge.pairs import RETRY_SAMPLING
+
+    llm, injector = exact
+    ex = DeviceExtractor(llm, injector, [1])
+    text = "Say something about trains."
+    first, retry = ex.own_answer(text, 0, 16, seed=5), ex.own_answer(text, 1, 16, seed=5)
+    assert llm.n_tokens == 0  # the context is left clean for the next extraction
+    prompt = ex.prompt_tokens(text)
+    assert first == _completion(llm, prompt, 16, temperature=0.0, seed=5).strip()
+    want = _completion(llm, prompt, 16, seed=6, **RETRY_SAMPLING).strip()
+    assert retry.replace("\ufffd", "") == want and retry != first
+
+
+def test_complete_cuts_the_budget_to_the_room_left_and_refuses_a_full_prompt(exact):
+    """As create_completion does: a prompt 8 tokens short of the context leaves 8 to generate."""
+    llm, _ = exact
+    n_ctx = 128  # as asked (llama.cpp rounds its own context up to 256; the token slots stay 128)
+    words = llm.tokenize(b" word" * n_ctx, add_bos=False)
+    prompt = words[: n_ctx - 8]
+    llm.reset()
+    gen = Generation(llm, prompt, 8)
+    pieces = list(gen)
+    assert gen.finish == "length"  # the model goes on: only the cut keeps it inside the context
+    assert complete(llm, prompt, 48) == "".join(pieces).strip()
+    with pytest.raises(FintsEdgeError, match="prompt is 128 tokens but the context holds 128"):
+        complete(llm, words[:n_ctx], 4)
+
+
+@pytest.mark.slow
+def test_the_embedded_models_answers_equal_create_completions():
+    """The persona base answers and the demo history were made with create_completion on the
+    rendered string; plain-text prompt tokens + complete give the same answers."""
+    from export.personas import load_pool
+    from fints_edge._paths import default_gguf
+    from fints_edge.model import chat_prompt, open_llama
+
+    llm = open_llama(default_gguf(), n_ctx=1024, n_threads=1)
+    try:
+        for text in load_pool()[::55]:  # 6 inputs across the pool files
+            rendered = chat_prompt(llm, [{"role": "user", "content": text}])
+            want = _completion(llm, rendered, 48, temperature=0.0).strip()
+            assert complete(llm, _chat(llm, text), 48) == want, text
+    finally:
+        llm.close()
