@@ -1,0 +1,469 @@
+"""``python -m evals``: does the personalization work, is the text still fluent, what does it cost?
+
+Benchmarks (synthetic users over the shipped input pool, answers checkable by rule):
+- ``personas``: one style per user;
+- ``personas-conditional``: a style per kind of input (evals/conditional.py), the case Fints'
+  per-request retrieval is for;
+- ``personas-shift`` (recency) and ``longlamp-mini`` (real abstracts, ROUGE only), smaller.
+The fluency rule is calibrated on the dev split's zero-shot and RAG answers; the steering setting
+is chosen on the dev split (evals/sweep.py, fluent adherence); every method then runs once on
+the test split. Answers and profiles are cached per run (evals/cache.py): an interrupted run
+resumes, a failed answer is recorded and counted. Results merge into ``OUT/results.json`` under
+the model's file name, so runs on several models stand side by side; ``OUT/README.md`` and the
+plots are regenerated from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from evals.cache import RunCache, file_sha256, run_key
+from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
+from evals.run import Runner, Setting, UserData
+from evals.scoring import BASELINES, Scoring, by_group, summarize
+from evals.sweep import Grid, sweep
+from export.personas import DEFAULT_STYLES, load_pool, make_dataset
+from export.styles import Style, load_styles
+from fints_edge._cli import cli_main
+from fints_edge._paths import default_gguf
+from fints_edge.errors import FintsEdgeError
+from fints_edge.layers import SITES
+
+LONGLAMP_MINI = Path(__file__).resolve().parents[2] / "shared/data/longlamp_abstract_mini"
+LONGLAMP_FILE = "abstract_generation_mini.json"
+METHODS = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
+           "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch")  # fmt: skip
+STEERING = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile")
+SHIFT_METHODS = ("zero-shot", "rag-1", "fints-exact", "fints-recency")
+TEXT_METHODS = ("zero-shot", "rag-1", "fints-exact", "fints+rag-1")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The size of a run: ``quick`` for ``make eval``, ``full`` for the whole grid."""
+
+    users: int  # per benchmark
+    history: int  # personas: history items per user
+    tests: int  # personas: dev AND test items per user
+    per_kind: int  # conditional: history items per kind (two kinds per user)
+    tests_per_kind: int  # conditional: dev AND test items per kind
+    shift_users: int
+    grid: Grid
+    torch_items: int  # test items per user for the slow torch reference
+    max_tokens: int = 48
+
+
+QUICK = Budget(8, 8, 6, 12, 3, 4, Grid((0.6, 0.67, 0.73), (2.0, 4.0, 8.0), (3, 8), (0.1,)), 2)
+FULL = Budget(16, 16, 10, 16, 5, 8,
+              Grid((0.47, 0.6, 0.67, 0.73, 0.8), (1.0, 2.0, 4.0, 6.0, 8.0), (1, 3, 5, 8, 16),
+                   (0.05, 0.1, 0.2)), 4)  # fmt: skip
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def users_of(rows: Sequence[dict]) -> list[UserData]:
+    by_user: dict[str, UserData] = {}
+    for r in rows:
+        u = by_user.setdefault(r["user"], UserData(r["user"], []))
+        getattr(u, r["split"]).append(r)
+    return [u for u in by_user.values() if u.history and u.dev and u.test]
+
+
+class Evaluation:
+    """One model, one run: answers (cached), scores, the sweep and the summaries."""
+
+    def __init__(self, args: argparse.Namespace, plan: Budget, styles: list[Style],
+                 model: Path) -> None:  # fmt: skip
+        from fints_edge._paths import default_encoder_dir
+        from fints_edge.encode import Encoder
+        from fints_edge.model import n_layers, open_llama
+
+        self.args, self.plan, self.model = args, plan, model
+        self.sha256 = file_sha256(model)
+        spec_text = Path(args.styles).read_text(encoding="utf-8")
+        cond_text = Path(args.conditional).read_text(encoding="utf-8")
+        self.cache = RunCache(run_key(model=self.sha256, plan=asdict(plan), styles=spec_text,
+                                      conditional=cond_text, seed=args.seed, version=2))  # fmt: skip
+        self.styles = {s.name: s for s in styles}
+        self.encoder = Encoder(default_encoder_dir(), threads=args.threads)
+        self.scoring = Scoring(self.styles, model, self.encoder, threads=args.threads)
+        llm = open_llama(model, n_ctx=64)
+        self.n_layer = n_layers(llm)
+        llm.close()
+        self.layers = sorted({max(1, min(self.n_layer - 1, round(f * self.n_layer)))
+                              for f in plan.grid.layer_fracs})  # fmt: skip
+        self.runner: Runner | None = None
+        self.profiles: dict[str, Path] = {}
+        self.failed_profiles: dict[str, str] = {}
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        self.scoring.close()
+
+    # -- profiles ---------------------------------------------------------------------------------
+    def build_profiles(self, users: Sequence[UserData], tag: str, layers: Sequence[int],
+                       rouge_threshold: float = 0.15) -> dict[str, Path]:  # fmt: skip
+        """Device-built profiles (fints_edge.learn), cached; a user whose history yields no
+        profile is reported and left out, never a crash."""
+        from fints_edge.extract import DeviceExtractor
+        from fints_edge.inject import open_steerable
+        from fints_edge.learn import Learner
+
+        paths: dict[str, Path] = {}
+        todo = []
+        for u in users:
+            path = self.cache.profiles / f"{tag}-{u.user}.npz"
+            if path.is_file():
+                paths[u.user] = path
+            else:
+                todo.append((u, path))
+        if todo:
+            llm, injector = open_steerable(self.model, "exact", n_ctx=2048,
+                                           n_threads=self.args.threads)  # fmt: skip
+            try:
+                ex = DeviceExtractor(llm, injector, layers, SITES, "output", "chat")
+                learner = Learner(ex, self.encoder, rouge_threshold=rouge_threshold)
+                for u, path in tqdm(todo, desc=f"profiles {tag}", unit="user"):
+                    try:
+                        paths[u.user] = learner.new_profile(u.items(), progress=False).save(path)
+                    except FintsEdgeError as e:
+                        self.failed_profiles[u.user] = str(e)
+                        say(f"no profile for {u.user}: {e}")
+            finally:
+                llm.close()
+        if not paths:
+            raise FintsEdgeError(
+                f"{tag}: no profile could be built for any of {len(users)} users on "
+                f"{self.model.name} ({'; '.join(sorted(set(self.failed_profiles.values())))})"
+            )
+        self.profiles.update(paths)
+        if self.runner is None:
+            self.runner = Runner(self.model, next(iter(paths.values())),
+                                 max_tokens=self.plan.max_tokens, threads=self.args.threads)  # fmt: skip
+        return paths
+
+    # -- answers ----------------------------------------------------------------------------------
+    def answer(self, bench: str, users: Sequence[UserData], split: str, method: str,
+               s: Setting, *, limit: int | None = None, desc: str = "") -> list[dict]:  # fmt: skip
+        assert self.runner is not None
+        out = []
+        todo = [(u, r) for u in users if u.user in self.profiles
+                for r in getattr(u, split)[:limit]]  # fmt: skip
+        current = None
+        label = (
+            "" if method in ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached") else s.label()
+        )
+        for n, (u, row) in enumerate(tqdm(todo, desc=desc or f"{bench} {split} {method}",
+                                          unit="answer", leave=False)):  # fmt: skip
+            key = self.cache.key(bench, split, method, label, u.user, row["input"])
+            got = self.cache.get(key)
+            if got is None:
+                if self.profiles[u.user] != current:
+                    current = self.profiles[u.user]
+                    self.runner.use(current)
+                got = self.runner.answer(method, row["input"], s, seed=n)
+                if method == "prefix-cached":
+                    got["kv_bytes"] = self.runner.prefix_cost().get("kv_bytes")
+                self.cache.put(key, got)
+            out.append({"benchmark": bench, "user": u.user, "style": row.get("style"),
+                        "kind": row.get("kind"), "method": method, "split": split,
+                        "setting": label, "input": row["input"], "reference": row["output"],
+                        **got})  # fmt: skip
+        return out
+
+    def unsteered(self, preds: Sequence[dict]) -> dict[tuple[str, str], str]:
+        return {(p["user"], p["input"]): p["prediction"] for p in preds
+                if p["method"] == "zero-shot"}  # fmt: skip
+
+    # -- memory per user ----------------------------------------------------------------------------
+    def memory(self, setting: Setting, users: Sequence[UserData],
+               preds: Sequence[dict]) -> dict[str, float]:  # fmt: skip
+        """Bytes a phone keeps per user: the profile at the chosen layers (steering), the
+        history texts and keys (RAG), the KV state (prefix-cached)."""
+        from fints_edge.profile import Profile
+
+        steer, texts = [], []
+        for u in users:
+            if u.user not in self.profiles:
+                continue
+            p = Profile.load(self.profiles[u.user])
+            keep = np.isin(p.layers, setting.layers)
+            text_bytes = sum(len(str(t).encode()) for t in (*p.inputs, *p.outputs))
+            texts.append(p.keys.nbytes + text_bytes)
+            steer.append(p.signals[:, :, keep].nbytes + texts[-1])
+        kv = [p["kv_bytes"] for p in preds if p["method"] == "prefix-cached" and p.get("kv_bytes")]
+        out = {m: float(np.mean(steer)) for m in STEERING} | {"zero-shot": 0.0}
+        out |= {m: float(np.mean(texts)) for m in ("rag-1", "rag-2", "rag-3")}
+        out["fints+rag-1"] = float(np.mean(steer))
+        if kv:
+            out["prefix-cached"] = float(np.mean(kv))
+        return out
+
+
+def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
+    args, plan = ev.args, ev.plan
+    benches: dict[str, list[UserData]] = {}
+    if "personas" not in args.skip:
+        rows = make_dataset(load_pool(), list(ev.styles.values()), ev.model, users=plan.users,
+                            history=plan.history, tests=plan.tests, seed=args.seed, shift=False)  # fmt: skip
+        benches["personas"] = users_of(rows)
+    if "conditional" not in args.skip:
+        rows = make_conditional(list(ev.styles.values()), ev.model, users=plan.users,
+                                per_kind=plan.per_kind, tests_per_kind=plan.tests_per_kind,
+                                seed=args.seed, spec=args.conditional)  # fmt: skip
+        benches["personas-conditional"] = users_of(rows)
+    if not benches:
+        raise FintsEdgeError("--skip left no persona benchmark to run")
+    for name, users in benches.items():
+        say(f"{name}: {len(users)} users, {sum(len(u.history) for u in users)} history items")
+        ev.build_profiles(users, name, ev.layers)
+    neutral = Setting((ev.layers[0],), 0.0)
+
+    say("dev: baselines, then the fluency rule")
+    dev: list[dict] = []
+    for name, users in benches.items():
+        for method in BASELINES:
+            dev += ev.answer(name, users, "dev", method, neutral)
+    ev.scoring.score(dev, ev.unsteered(dev))
+    rule = ev.scoring.calibrate(dev)
+    ev.scoring.judge(dev)
+    say(f"fluency rule: {rule}")
+
+    n_dev = sum(len(u.dev) for users in benches.values() for u in users)
+
+    def run_dev(s: Setting, stage: str) -> list[dict]:
+        got: list[dict] = []
+        for name, users in benches.items():
+            got += ev.answer(name, users, "dev", "fints-exact", s, desc=f"dev {stage} {s.label()}")
+        ev.scoring.score(got, ev.unsteered(dev))
+        dev.extend(got)
+        return got
+
+    say("dev sweep (fints-exact, fluent adherence):")
+    best, tried = sweep(run_dev, plan.grid, ev.n_layer, n_dev, default_k=3)
+    for t in tried:
+        say(f"  {t['stage']:<8} {t['label']:<40} fluent adherence {t['fluent_adherence']:.3f} "
+            f"(adherence {t['adherence']:.3f}, fluent {t['fluent']:.3f})")  # fmt: skip
+    say(f"chosen on dev: {best.label()}")
+
+    say("test split, every method:")
+    results: dict[str, Any] = {
+        "sweep": {
+            "split": "dev",
+            "n": n_dev,
+            "tried": tried,
+            "chosen": best.to_json(),
+            "chosen_label": best.label(),
+            "baselines": {
+                m: summarize(
+                    [p for p in dev if p["method"] == m], [m], ev.scoring.metrics(True), 0, 0
+                )[m]
+                for m in BASELINES
+            },
+        },  # fmt: skip
+        "fluency_rule": rule.to_json(),
+        "benchmarks": {},
+    }
+    all_preds = list(dev)
+    for name, users in benches.items():
+        test: list[dict] = []
+        for method in METHODS:
+            if method.startswith("fints-torch") and ("torch" in args.skip or name != "personas"):
+                continue
+            if method == "fints-torch-profile":
+                test += torch_profile_answers(ev, name, users, best)
+                continue
+            limit = plan.torch_items if method == "fints-torch" else None
+            test += ev.answer(name, users, "test", method, best, limit=limit)
+        ev.scoring.score(test, ev.unsteered(test))
+        cold = [p["first_token_ms"] for p in test
+                if p["method"] == "prefix-cached" and p.get("cold") and p.get("first_token_ms")]  # fmt: skip
+        table = summarize(test, METHODS, ev.scoring.metrics(True), args.bootstrap, args.seed,
+                          ev.memory(best, users, test))  # fmt: skip
+        if "prefix-cached" in table and cold:
+            table["prefix-cached"]["cold_first_token_ms"] = float(np.median(cold))
+        results["benchmarks"][name] = {
+            "users": len([u for u in users if u.user in ev.profiles]),
+            "split": "test",
+            "setting": best.label(),
+            "methods": table,
+            "by_style": by_group(test, METHODS, "style"),
+            "by_kind": by_group(test, METHODS, "kind") if name == "personas-conditional" else {},
+            "errors": [
+                {"method": p["method"], "user": p["user"], "error": p["error"]}
+                for p in test
+                if p.get("error")
+            ],  # fmt: skip
+        }
+        all_preds += test
+    if "shift" not in args.skip:
+        all_preds += shift_benchmark(ev, best, results)
+    if "longlamp" not in args.skip:
+        all_preds += longlamp_benchmark(ev, best, results)
+    results["failed_profiles"] = ev.failed_profiles
+    results["cache"] = {"answers": len(ev.cache), "reused": ev.cache.reused}
+    return results | {"predictions": all_preds}
+
+
+def torch_profile_answers(ev: Evaluation, name: str, users: Sequence[UserData],
+                          best: Setting) -> list[dict]:  # fmt: skip
+    """fints-exact with profiles built offline by torch (export.build) from the same items."""
+    from evals.run import write_history
+    from export.build import BuildOptions, build_profile
+
+    opts = BuildOptions(layers=tuple(best.layers), negatives="given", progress=False)
+    device = dict(ev.profiles)
+    try:
+        for u in tqdm(users, desc="torch profiles", unit="user"):
+            path = ev.cache.profiles / f"{name}-{u.user}-torch.npz"
+            if not path.is_file():
+                hist = write_history(u.items(), ev.cache.profiles / f"{name}-{u.user}.jsonl")
+                build_profile(ev.model, hist, path, opts)
+            ev.profiles[u.user] = path
+        got = ev.answer(name, users, "test", "fints-exact", best, desc="fints-torch-profile")
+    finally:
+        ev.profiles.update(device)
+    for p in got:
+        p["method"] = "fints-torch-profile"
+    return got
+
+
+def shift_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
+    plan, args = ev.plan, ev.args
+    rows = make_dataset(load_pool(), list(ev.styles.values()), ev.model, users=plan.shift_users,
+                        history=plan.history, tests=plan.tests, seed=args.seed + 1, shift=True)  # fmt: skip
+    users = users_of(rows)
+    ev.build_profiles(users, "shift", best.layers)
+    recent = replace(best, half_life_days=max(1.0, plan.history / 4))  # timestamps a day apart
+    preds: list[dict] = []
+    for method in SHIFT_METHODS:
+        preds += ev.answer("personas-shift", users, "test", method,
+                           recent if method == "fints-recency" else best)  # fmt: skip
+    ev.scoring.score(preds, ev.unsteered(preds))
+    results["benchmarks"]["personas-shift"] = {
+        "users": len(users), "split": "test", "setting": recent.label(),
+        "methods": summarize(preds, SHIFT_METHODS, ev.scoring.metrics(True), args.bootstrap,
+                             args.seed),
+    }  # fmt: skip
+    return preds
+
+
+def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
+    from export.datasets import load_longlamp
+
+    path = ev.args.longlamp or LONGLAMP_MINI / LONGLAMP_FILE
+    if not Path(path).is_file():
+        say(f"{path}: not found; LongLaMP skipped (pass --longlamp FILE)")
+        return []
+    users = [UserData(t.user, [{"input": h.input, "output": h.output} for h in t.history], [],
+                      [{"input": t.query, "output": t.target}]) for t in load_longlamp(path)]  # fmt: skip
+    ev.build_profiles(users, "longlamp", best.layers, rouge_threshold=0.2)
+    assert ev.runner is not None
+    old = ev.runner.exact.config.max_tokens
+    ev.runner.exact.configure(max_tokens=160)
+    try:
+        preds: list[dict] = []
+        for method in TEXT_METHODS:
+            preds += ev.answer("longlamp-mini", users, "test", method, best)
+    finally:
+        ev.runner.exact.configure(max_tokens=old)
+    ev.scoring.score(preds, ev.unsteered(preds))
+    results["benchmarks"]["longlamp-mini"] = {
+        "users": len(users), "split": "test", "setting": best.label(),
+        "methods": summarize(preds, TEXT_METHODS, ev.scoring.metrics(False), ev.args.bootstrap,
+                             ev.args.seed),
+    }  # fmt: skip
+    return preds
+
+
+def portable_args(argv: Sequence[str]) -> str:
+    """The command line without this machine's paths: files inside the working folder stay
+    relative, any other absolute path becomes its file name."""
+    cwd = Path.cwd()
+    out = []
+    for a in argv:
+        if os.path.isabs(a):
+            path = Path(a)
+            a = str(path.relative_to(cwd)) if path.is_relative_to(cwd) else path.name
+        out.append(a)
+    return " ".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evals", description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="the whole grid (hours), not the quick run")
+    p.add_argument("--model", type=Path, help="GGUF (default: the embedded SmolLM2 Q4_1)")
+    p.add_argument("--styles", type=Path, default=DEFAULT_STYLES, help="style spec JSON")
+    p.add_argument("--conditional", type=Path, default=DEFAULT_CONDITIONAL,
+                   help="kind -> style map per conditional user (default: the bundled one)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--users", type=int, help="users per benchmark (quick 8, full 16)")
+    p.add_argument("--history", type=int, help="personas history items per user (quick 8)")
+    p.add_argument("--tests", type=int, help="personas dev AND test items per user (quick 6)")
+    p.add_argument("--per-kind", type=int, help="conditional history items per kind (quick 12)")
+    p.add_argument(
+        "--tests-per-kind", type=int, help="conditional dev AND test items per kind (quick 3)"
+    )
+    p.add_argument("--longlamp", type=Path, help=f"LongLaMP JSON (default: {LONGLAMP_FILE})")
+    p.add_argument("--skip", nargs="+", default=[],
+                   choices=["personas", "conditional", "shift", "longlamp", "torch"],
+                   help="leave parts out")  # fmt: skip
+    p.add_argument("--threads", type=int, help="llama.cpp/encoder threads (default: up to 4)")
+    p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--out", type=Path, default=Path("docs/eval"))
+    return p
+
+
+@cli_main("interrupted; finished answers are cached and the next run resumes from them")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = FULL if args.full else QUICK
+    plan = replace(plan, users=args.users or plan.users, history=args.history or plan.history,
+                   tests=args.tests or plan.tests, per_kind=args.per_kind or plan.per_kind,
+        tests_per_kind=args.tests_per_kind or plan.tests_per_kind)  # fmt: skip
+    if min(plan.users, plan.history, plan.tests, plan.per_kind, plan.tests_per_kind) < 1:
+        raise FintsEdgeError(
+            "--users, --history, --tests, --per-kind and --tests-per-kind must be at least 1"
+        )
+    styles = load_styles(args.styles)  # a bad spec fails before any model loads
+    from fints_edge.model import check_gguf
+
+    model = check_gguf(args.model or default_gguf())
+    command = "python -m evals " + portable_args(argv if argv is not None else sys.argv[1:])
+    t0 = time.perf_counter()
+    ev = Evaluation(args, plan, styles, model)
+    try:
+        got = run_benchmarks(ev)
+    finally:
+        ev.close()
+    preds = got.pop("predictions")
+    entry = got | {
+        "model": {"file": model.name, "sha256": ev.sha256, "n_layer": ev.n_layer},
+        "plan": asdict(plan) | {"styles": Path(args.styles).name,
+                                "conditional": Path(args.conditional).name, "seed": args.seed},
+        "command": command.strip(),
+        "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    from evals.report import write_outputs
+
+    write_outputs(args.out, model.name, entry, preds)
+    say(f"wrote {args.out}/results.json, README.md ({entry['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""docs/eval: results.json (every model evaluated), README.md and pareto.png generated from it.
+
+Nothing in the README is typed by hand: ``python -m evals.report docs/eval`` regenerates it from
+results.json and the per-model predictions files (after a change to the report, or to add a
+model's run). Models are named by file name and sha256, never by a path of the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fints_edge._atomic import write_text as atomic_write_text
+from fints_edge._cli import cli_main
+from fints_edge.errors import FintsEdgeError
+
+METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
+                "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch",
+                "fints-recency")  # fmt: skip
+STEERED = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-recency")
+
+
+def predictions_file(out: Path, model_name: str) -> Path:
+    return out / "predictions" / f"{Path(model_name).stem}.jsonl"
+
+
+def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]) -> None:
+    """Merge one model's results into OUT/results.json and regenerate everything."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results: dict[str, Any] = {"format": "fints-edge-eval", "version": 2, "models": {}}
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("version") == 2:
+            results = old
+    results["models"][model_name] = entry
+    pred_path = predictions_file(out, model_name)
+    pred_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(pred_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
+    atomic_write_text(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    render_all(out)
+
+
+def render_all(out: Path) -> None:
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    preds = {}
+    for name in results["models"]:
+        f = predictions_file(out, name)
+        if f.is_file():
+            preds[name] = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x]
+    plot_pareto(results, out / "pareto.png")
+    atomic_write_text(out / "README.md", render(results, preds))
+
+
+def _f(x: Any, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(entry: dict, key: str) -> str:
+    d = entry.get(key)
+    if d is None:
+        return ""
+    return f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+
+
+def verdict(entry: dict, metric: str, other: str) -> str:
+    """A plain sentence from one paired-bootstrap interval."""
+    d = entry.get(f"{metric}_vs_{other}")
+    if d is None:
+        return f"no paired comparison with {other}"
+    lo, hi = d["ci95"]
+    word = "beats" if lo > 0 else ("loses to" if hi < 0 else "is not distinguishable from")
+    return f"{word} {other} on {metric} by {d['diff']:+.3f} (95% CI [{lo:+.3f}, {hi:+.3f}])"
+
+
+def _kb(x: Any) -> str:
+    return "" if x is None else f"{x / 1024:.0f}"
+
+
+def method_table(bench: dict) -> list[str]:
+    lines = [
+        "| method | n | fluent adherence | adherence | fluent | vs zero-shot | vs rag-1 | "
+        "vs prefix-cached | added prompt tokens | first token ms | KB per user | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    methods = bench["methods"]
+    for m in [m for m in METHOD_ORDER if m in methods]:
+        e = methods[m]
+        ttft = _f(e.get("first_token_ms"), 0)
+        if e.get("cold_first_token_ms") is not None:
+            ttft += f" (cold {e['cold_first_token_ms']:.0f})"
+        lines.append(
+            f"| {m} | {e['n']} | {_f(e.get('fluent_adherence'))} | {_f(e.get('adherence'))} | "
+            f"{_f(e.get('fluent'))} | {_ci(e, 'fluent_adherence_vs_zero-shot')} | "
+            f"{_ci(e, 'fluent_adherence_vs_rag-1')} | {_ci(e, 'fluent_adherence_vs_prefix-cached')} | "
+            f"{_f(e.get('added_prompt_tokens'), 0)} | {ttft} | {_kb(e.get('memory_bytes'))} | "
+            f"{e.get('errors', 0)} |"
+        )
+    return lines
+
+
+def text_table(bench: dict) -> list[str]:
+    lines = [
+        "| method | n | ROUGE-1 | ROUGE-L | fluent | first token ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, e in bench["methods"].items():
+        lines.append(f"| {m} | {e['n']} | {_f(e.get('rouge1'), 3)} | {_f(e.get('rougeL'), 3)} | "
+                     f"{_f(e.get('fluent'))} | {_f(e.get('first_token_ms'), 0)} |")  # fmt: skip
+    return lines
+
+
+def group_table(groups: dict, title: str) -> list[str]:
+    if not groups:
+        return []
+    methods = [m for m in METHOD_ORDER if any(m in g for g in groups.values())]
+    lines = ["", f"Fluent adherence by {title}:", "",
+             f"| {title} | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]  # fmt: skip
+    for name, g in sorted(groups.items()):
+        lines.append(f"| {name} | " + " | ".join(_f(g.get(m)) for m in methods) + " |")
+    return lines
+
+
+def _cell(text: str, width: int = 90) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def fluency_examples(preds: Sequence[dict], n: int = 5) -> list[str]:
+    """Steered answers the check rejects and accepts, so a reader can judge the check."""
+    steered = [p for p in preds if p["method"] in STEERED and "fluency_failures" in p]
+    rejected = [p for p in steered if p["fluency_failures"]]
+    accepted = [p for p in steered if not p["fluency_failures"] and p.get("adherence")]
+    # varied examples: one per failure reason first, then the most repetitive
+    rejected.sort(key=lambda p: (-len(p["fluency_failures"]), -p["repetition"]))
+    seen: set[str] = set()
+    picked = []
+    for p in rejected:
+        reason = p["fluency_failures"][0]
+        if reason not in seen or len(picked) >= len(seen) * 2:
+            picked.append(p)
+            seen.add(reason)
+        if len(picked) == n:
+            break
+    lines = ["| verdict | method | why | repetition | perplexity | topic | answer |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for tag, rows in (("rejected", picked), ("accepted", accepted[:n])):
+        for p in rows:
+            lines.append(
+                f"| {tag} | {p['method']} | {', '.join(p['fluency_failures']) or 'fluent'} | "
+                f"{p['repetition']:.2f} | {p['perplexity']:.1f} | {p['topic']:.2f} | "
+                f"{_cell(p['prediction'])} |"
+            )
+    return lines
+
+
+def gap_lines(results: dict) -> list[str]:
+    """Does the Fints-vs-RAG gap shrink with model size? One row per model and benchmark."""
+    lines = ["| model | benchmark | fints-exact | rag-1 | rag-3 | prefix-cached | static | "
+             "fints-exact vs rag-1 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, entry in results["models"].items():
+        for bench in ("personas", "personas-conditional"):
+            b = entry["benchmarks"].get(bench)
+            if not b:
+                continue
+            m = b["methods"]
+
+            def fa(k: str, m: dict = m) -> str:
+                return _f(m.get(k, {}).get("fluent_adherence"))
+
+            lines.append(f"| {name} | {bench} | {fa('fints-exact')} | {fa('rag-1')} | "
+                         f"{fa('rag-3')} | {fa('prefix-cached')} | {fa('static')} | "
+                         f"{_ci(m.get('fints-exact', {}), 'fluent_adherence_vs_rag-1')} |")  # fmt: skip
+    return lines
+
+
+def render(results: dict, preds: dict[str, list[dict]]) -> str:
+    lines = [
+        "# Evaluation (generated by `python -m evals`; do not edit)",
+        "",
+        "Regenerate this page from `results.json` with `python -m evals.report docs/eval`.",
+        "Models are named by file name and sha256. Every interval is a 95% paired bootstrap over",
+        "the same test inputs. **Fluent adherence** (primary) counts an answer only if it follows",
+        "the user's style AND passes the fluency check; adherence alone is beside it.",
+        "",
+        "## Does the gap to RAG shrink with model size?",
+        "",
+        *gap_lines(results),
+        "",
+        "![fluent adherence against added time to first token](pareto.png)",
+        "",
+    ]
+    for name, e in results["models"].items():
+        rule = e["fluency_rule"]
+        lines += [
+            f"## {name}",
+            "",
+            f"sha256 `{e['model']['sha256']}`, {e['model']['n_layer']} layers. Command: "
+            f"`{e['command']}` ({e['seconds'] / 60:.0f} min; {e['cache']['reused']} of "
+            f"{e['cache']['answers']} answers reused from an earlier, interrupted run).",
+            f"Setting chosen on dev: **{e['sweep']['chosen_label']}**.",
+            "",
+            "### The fluency check",
+            "",
+            f"Calibrated on {rule['calibrated_on']} dev answers of zero-shot and RAG (1-3 examples),",
+            "which are fluent by construction. An answer is fluent when its share of repeated",
+            f"word 3-grams is <= **{rule['max_repetition']:.3f}** (95th percentile, floor 0.1), its",
+            "perplexity under the unsteered model (zero-shot prompt) is <= "
+            f"**{rule['max_perplexity']:.1f}** (95th percentile), and its encoder cosine to the",
+            f"unsteered answer is >= **{rule['min_topic']:.3f}** (5th percentile, cap 0.5).",
+            "",
+            *fluency_examples(preds.get(name, [])),
+            "",
+        ]
+        for bench, b in e["benchmarks"].items():
+            lines += [f"### {bench} (test split, {b['users']} users, {b['setting']})", ""]
+            if bench == "longlamp-mini":
+                lines += text_table(b)
+            else:
+                lines += method_table(b)
+                m = b["methods"]
+                if "fints-exact" in m:
+                    lines += ["", "fints-exact " + verdict(m["fints-exact"], "fluent_adherence",
+                                                          "rag-1") + "; " +
+                              verdict(m["fints-exact"], "fluent_adherence", "prefix-cached") + "."]  # fmt: skip
+                lines += group_table(b.get("by_kind", {}), "kind")
+                lines += group_table(b.get("by_style", {}), "style")
+            if b.get("errors"):
+                lines += ["", f"{len(b['errors'])} answers failed and count as wrong: "
+                          + "; ".join(sorted({x['error'] for x in b['errors']}))[:500]]  # fmt: skip
+            lines.append("")
+        lines += ["### Dev sweep (fints-exact)", "",
+                  "| stage | setting | fluent adherence | adherence | fluent | topic |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for t in e["sweep"]["tried"]:
+            lines.append(f"| {t['stage']} | {t['label']} | {_f(t['fluent_adherence'])} | "
+                         f"{_f(t['adherence'])} | {_f(t['fluent'])} | {_f(t['topic'])} |")  # fmt: skip
+        if e.get("failed_profiles"):
+            lines += ["", f"No profile could be built for {len(e['failed_profiles'])} users: "
+                      + "; ".join(sorted(set(e["failed_profiles"].values())))[:400]]  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_pareto(results: dict, path: Path) -> None:
+    """Fluent adherence against added time to first token, one point per method, one panel
+    per model (personas-conditional where present, else personas)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results["models"].items())
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, (name, e) in zip(axes[0], models, strict=True):
+        bench = "personas-conditional" if "personas-conditional" in e["benchmarks"] else "personas"
+        methods = e["benchmarks"].get(bench, {}).get("methods", {})
+        base = methods.get("zero-shot", {}).get("first_token_ms") or 0.0
+        for m, v in methods.items():
+            if v.get("fluent_adherence") is None or v.get("first_token_ms") is None:
+                continue
+            x = v["first_token_ms"] - base
+            ax.scatter(x, v["fluent_adherence"], color="C3" if m.startswith("fints") else "C0")
+            ax.annotate(m, (x, v["fluent_adherence"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_title(f"{name}\n{bench}", fontsize=9)
+        ax.set_xlabel("added time to first token (ms, median, warm)")
+        ax.set_ylabel("fluent adherence")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@cli_main()
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    folder = Path((list(argv) if argv is not None else sys.argv[1:] or ["docs/eval"])[0])
+    if not (folder / "results.json").is_file():
+        raise FintsEdgeError(f"{folder}/results.json: not found; run `make eval` first")
+    render_all(folder)
+    print(f"wrote {folder}/README.md and pareto.png from results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
