@@ -499,6 +499,12 @@ def evaluate(
                         tests=plan.tests, seed=args.seed, shift=False)  # fmt: skip
     users = persona_users(rows)
     profiles = device_profiles(users, model, layers, work)
+    if not profiles:  # every user was skipped: nothing to steer with, nothing to compare
+        raise FintsEdgeError(
+            f"{model}: no profile could be built for any of the {len(users)} users (the "
+            "'skipping' lines above say why); fix that first, e.g. try "
+            f"`python -m fints_edge.learn --model {model} --history H.jsonl --out me.npz`"
+        )
     runner = Runner(model, next(iter(profiles.values())), max_tokens=plan.max_tokens, rag=plan.rag)
     try:
         residual_cache: dict[tuple[int, ...], dict[str, Path]] = {}

@@ -1,8 +1,10 @@
 """Offline signal extraction: per history item, chosen-minus-rejected activations at the
 attention and MLP sites of chosen decoder layers, averaged over the ANSWER tokens only.
 
-Works for Llama/Qwen2-style HF decoders (``model.model.layers[i]`` with ``self_attn``, ``mlp``
-and ``post_attention_layernorm``). Hooks sit at the exact sites and always remove themselves.
+Works for the HF decoders in ``fints_edge.arch``'s table (Llama, Mistral, Qwen2, Gemma 3:
+``model.model.layers[i]``); the module each site is read from comes from that table, the twin of
+the llama.cpp tensors ``fints_edge.extract`` reads. Hooks sit at the exact sites and always
+remove themselves.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fints_edge.arch import graph_of_hf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.extract import DEFAULT_OPENING_TOKENS
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
@@ -45,7 +48,8 @@ def decoder_layers(model: Any) -> Any:
         return model.model.layers
     except AttributeError:
         raise FintsEdgeError(
-            f"{type(model).__name__}: not a Llama/Qwen2-style decoder (no model.model.layers)"
+            f"{type(model).__name__}: not a decoder of fints_edge.arch's table "
+            "(no model.model.layers)"
         ) from None
 
 
@@ -94,6 +98,7 @@ def start_recording(
         raise FintsEdgeError(f"attn_reading {attn_reading!r}: use one of {ATTN_READINGS}")
     rec = Recording()
     mods = decoder_layers(model)
+    graph = graph_of_hf(model.config.model_type, type(model).__name__)
 
     def keep(key: Key) -> Any:
         def put(tensor: torch.Tensor) -> None:
@@ -109,16 +114,22 @@ def start_recording(
             keep(("mlp", layer)),
             keep(("out", layer)),
         )
-        if attn_reading == "output":  # o_proj output: first element of the attention's tuple
-            hooks.append((block.self_attn, "forward", lambda m, i, o, f=put_attn: f(o[0])))
-        else:  # residual after attention = the input of the post-attention norm
-            hooks.append((block.post_attention_layernorm, "pre", lambda m, i, f=put_attn: f(i[0])))
-        hooks.append((block.mlp, "forward", lambda m, i, o, f=put_mlp: f(o)))
-        hooks.append(
-            (block, "forward", lambda m, i, o, f=put_out: f(o[0] if isinstance(o, tuple) else o))
-        )
+        if attn_reading == "output":  # the attention block's output (o_proj; gemma3: post-norm)
+            attn = getattr(block, graph.hf_attn_output)
+            hooks.append((attn, "forward", lambda m, i, o, f=put_attn: f(_first(o))))
+        else:  # residual after attention = the input of the MLP's pre-norm
+            norm = getattr(block, graph.hf_attn_residual)
+            hooks.append((norm, "pre", lambda m, i, f=put_attn: f(i[0])))
+        mlp = getattr(block, graph.hf_mlp_output)
+        hooks.append((mlp, "forward", lambda m, i, o, f=put_mlp: f(_first(o))))
+        hooks.append((block, "forward", lambda m, i, o, f=put_out: f(_first(o))))
     rec.handles = register_hooks(hooks)
     return rec
+
+
+def _first(output: Any) -> torch.Tensor:
+    """A module's output tensor: attention modules return a tuple, norms and MLPs a tensor."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 @contextmanager
@@ -136,15 +147,27 @@ def record_activations(
         rec.remove()
 
 
+def resolve_prompt_format(tokenizer: Any, prompt_format: PromptFormat) -> PromptFormat:
+    """``chat`` becomes ``plain`` for a tokenizer without a chat template (a base model), as on
+    the device (``fints_edge.extract.DeviceExtractor``); a profile should record the result."""
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        return "plain"
+    return prompt_format
+
+
 def prompt_ids(tokenizer: Any, text: str, prompt_format: PromptFormat) -> list[int]:
     """Token ids of the prompt exactly as the device lays it out before the answer."""
+    prompt_format = resolve_prompt_format(tokenizer, prompt_format)
     if prompt_format == "chat":
         rendered = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
         )
         return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    if prompt_format == "plain":
-        return list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
+    if prompt_format == "plain":  # BOS first when the model adds one (gemma), as llama.cpp does
+        ids = list(tokenizer(text + "\n", add_special_tokens=False)["input_ids"])
+        bos = tokenizer.bos_token_id
+        adds_bos = bool(getattr(tokenizer, "add_bos_token", False)) and bos is not None
+        return ([bos] if adds_bos else []) + ids
     raise FintsEdgeError(f"prompt_format {prompt_format!r}: use one of {PROMPT_FORMATS}")
 
 

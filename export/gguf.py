@@ -1,12 +1,17 @@
 """GGUF files for llama.cpp: HF model -> GGUF, GGUF -> Q4, and profile -> control vector.
 
-Written directly with the ``gguf`` package (no converter script at run time). Every file is
-written to a temp name next to the target and renamed at the end.
+HF -> GGUF: ``convert`` runs llama.cpp's own ``convert_hf_to_gguf.py`` (the reference), unpacked
+once from the llama-cpp-python source distribution into the cache (``fetch-converter``). The
+direct writer :func:`write_gguf` (the ``gguf`` package, no script) builds the tiny test models;
+``tests/export/test_arch_parity.py`` checks it against the official converter per architecture
+(same tensors, same hyper-parameters, same logits). Every file is written to a temp name next to
+the target and renamed at the end.
 
-Layout facts this module relies on (each pinned by a parity test against torch):
+Layout facts the direct writer relies on (each pinned by a parity test against torch):
 - llama.cpp's LLAMA graph applies RoPE to adjacent pairs (x0, x1), (x2, x3), ...; HF Llama
   rotates halves (x_i with x_{i + d/2}). q_proj/k_proj rows are therefore interleaved per head.
-  Qwen2 uses llama.cpp's NEOX rope (rotate-half), so its rows are kept as they are.
+  Qwen2 and Gemma3 use llama.cpp's NEOX rope (rotate-half), so their rows are kept as they are.
+- Gemma's RMSNorm scales by (1 + weight): the GGUF stores weight + 1 (as llama.cpp's converter).
 - Control vectors: tensor ``direction.N`` is added to the output of HF decoder layer N
   (llama.cpp buffer row N - 1); see ``fints_edge.layers``.
 """
@@ -15,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fints_edge._atomic import atomic_path, write_failed
+from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_gguf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import cvec_row, hf_layer_of_row
@@ -51,15 +56,14 @@ _TOKENIZER_KV_VERSION = 1
 # -- atomic output ----------------------------------------------------------------------------------
 @contextmanager
 def _atomic_path(out: Path) -> Iterator[Path]:
-    """A temp path next to ``out`` that replaces ``out`` only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    """A temp path next to ``out`` that replaces ``out`` (fsynced) only if the block succeeds.
+
+    A write that fails on the disk (full, read-only) is one FintsEdgeError naming ``out``."""
     try:
-        yield Path(tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_path(out) as tmp:
+            yield tmp
+    except OSError as e:
+        raise FintsEdgeError(write_failed(out, e)) from e
 
 
 def _write(writer: Any) -> None:
@@ -122,20 +126,27 @@ def _interleave_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 def _arch_of(config: Any, hf_dir: Path) -> Any:
     import gguf
 
-    archs = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
-    if config.model_type not in archs:
-        raise FintsEdgeError(
-            f"{hf_dir}: architecture '{config.model_type}' is not supported; use a llama or qwen2 model"
-        )
+    from fints_edge.arch import gguf_arch_of_hf
+
+    archs = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+             "gemma3": gguf.MODEL_ARCH.GEMMA3}  # fmt: skip
+    arch = gguf_arch_of_hf(config.model_type, str(hf_dir))  # mistral -> llama, as llama.cpp
     rope_scaling = getattr(config, "rope_scaling", None)
     if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) != "default":
         raise FintsEdgeError(
             f"{hf_dir}: rope scaling {rope_scaling} is not supported by this converter; "
-            "use llama.cpp's convert_hf_to_gguf.py for this model"
+            "use `python -m export.gguf convert --official`"
         )
     if getattr(config, "mlp_bias", False):
         raise FintsEdgeError(f"{hf_dir}: MLP biases are not supported by llama.cpp's llama graph")
-    return archs[config.model_type]
+    if config.model_type == "mistral" and getattr(config, "sliding_window", None):
+        raise FintsEdgeError(
+            f"{hf_dir}: a Mistral with a sliding window ({config.sliding_window}) runs as a "
+            "llama GGUF without one; use a Mistral v0.2+ model (sliding_window null)"
+        )
+    if arch == "gemma3" and getattr(config, "final_logit_softcapping", None):
+        raise FintsEdgeError(f"{hf_dir}: final logit soft-capping is not written by this converter")
+    return archs[arch]
 
 
 def _add_hparams(writer: Any, config: Any, outtype: OutType, name: str) -> None:
@@ -151,11 +162,15 @@ def _add_hparams(writer: Any, config: Any, outtype: OutType, name: str) -> None:
     writer.add_head_count(n_head)
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
     writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // n_head:
+    gemma3 = config.model_type == "gemma3_text"
+    if getattr(config, "head_dim", None) is not None:  # as llama.cpp's converter: when given
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_rope_freq_base(float(getattr(config, "rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    if gemma3 and config.sliding_window:  # as llama.cpp's Gemma3Model.set_gguf_parameters
+        writer.add_sliding_window(int(config.sliding_window))
+        writer.add_rope_freq_base_swa(float(config.rope_local_base_freq))
     writer.add_vocab_size(config.vocab_size)
     ftype = gguf.LlamaFileType.ALL_F32 if outtype == "f32" else gguf.LlamaFileType.MOSTLY_F16
     writer.add_file_type(int(ftype))
@@ -179,6 +194,8 @@ def _gguf_tensors(model: Any, arch: Any, outtype: OutType) -> Iterator[tuple[str
                 f"weight '{hf_name}' has no llama.cpp equivalent; unsupported model"
             )
         w = t.detach().to("cpu").float().numpy()  # [rows, cols] or [n]
+        if arch == gguf.MODEL_ARCH.GEMMA3 and hf_name.endswith("norm.weight"):
+            w = w + 1.0  # Gemma's RMSNorm scales by (1 + weight); llama.cpp's by weight
         if arch == gguf.MODEL_ARCH.LLAMA and ".self_attn.q_proj." in hf_name:
             w = _interleave_rope_rows(w, n_head)
         elif arch == gguf.MODEL_ARCH.LLAMA and ".self_attn.k_proj." in hf_name:
@@ -195,7 +212,10 @@ def write_gguf(
     outtype: OutType = "f32",
     tokenizer_from: Path | None = None,
 ) -> Path:
-    """Convert an HF Llama/Qwen2 folder to a llama.cpp GGUF (f32 or f16).
+    """Convert an HF Llama/Mistral/Qwen2/Gemma3 folder to a llama.cpp GGUF (f32 or f16), directly.
+
+    Used for the tiny test models; ``tests/export/test_arch_parity.py`` checks it against
+    llama.cpp's own converter (:func:`convert_official`), the reference for real models.
 
     The tokenizer keys are copied from ``tokenizer_from`` (default: the embedded SmolLM2 GGUF),
     after checking that its vocabulary is exactly the HF tokenizer's.
@@ -240,6 +260,119 @@ def write_gguf(
         for name, w in _gguf_tensors(model, arch, outtype):
             writer.add_tensor(name, w)
         _write(writer)
+    return out_path
+
+
+# -- HF -> GGUF with llama.cpp's own converter ---------------------------------------------------------
+Converter = Literal["official", "direct"]
+_CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
+# What convert_hf_to_gguf.py needs from the sdist's vendor/llama.cpp/: itself, its per-arch
+# modules and its own gguf-py (it puts that first on sys.path). Nothing else is unpacked.
+_CONVERTER_PARTS = (_CONVERTER_SCRIPT, "conversion/", "gguf-py/")
+
+
+def _llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama-cpp-python")
+    except PackageNotFoundError:
+        raise FintsEdgeError("llama-cpp-python is not installed; run `make setup`") from None
+
+
+def converter_dir(llama_cpp_version: str | None = None) -> Path:
+    """Where llama.cpp's converter for the installed llama-cpp-python version is unpacked
+    (a cache folder, never the repository: llama.cpp's code is not part of this project)."""
+    return cache_dir() / "llama.cpp" / f"convert-{llama_cpp_version or _llama_cpp_version()}"
+
+
+def fetch_converter(sdist: Path | None = None, llama_cpp_version: str | None = None) -> Path:
+    """Unpack ``convert_hf_to_gguf.py`` (+ ``conversion/``, ``gguf-py/``) from the
+    llama-cpp-python source distribution of the installed version, once.
+
+    ``sdist``: a ``llama_cpp_python-X.tar.gz`` already on disk (offline machines); without it,
+    ``pip download --no-deps --no-binary :all: llama-cpp-python==X`` fetches it from PyPI.
+    """
+    import subprocess
+    import tarfile
+    import tempfile
+
+    from fints_edge._atomic import atomic_dir
+
+    version = llama_cpp_version or _llama_cpp_version()
+    dest = converter_dir(version)
+    if (dest / _CONVERTER_SCRIPT).is_file():
+        return dest
+    with tempfile.TemporaryDirectory(prefix="fints-edge-sdist-") as d:
+        if sdist is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--no-binary", ":all:", f"llama-cpp-python=={version}", "-d", d]  # fmt: skip
+            print(f"fetching llama.cpp's converter: {' '.join(cmd[2:])}", file=sys.stderr)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise FintsEdgeError(
+                    f"could not download the llama-cpp-python {version} source ({why}); "
+                    "download it elsewhere and pass it: "
+                    "`python -m export.gguf fetch-converter --sdist FILE.tar.gz`"
+                )
+            found = sorted(Path(d).glob("llama_cpp_python-*.tar.gz"))
+            if not found:
+                raise FintsEdgeError(f"pip download left no llama_cpp_python sdist in {d}")
+            sdist = found[0]
+        sdist = Path(sdist)
+        if not sdist.is_file():
+            raise FintsEdgeError(f"{sdist}: no such source distribution")
+        try:
+            with tarfile.open(sdist) as tar, atomic_dir(dest) as tmp:
+                members = []
+                for m in tar.getmembers():
+                    _, sep, rest = m.name.partition("/vendor/llama.cpp/")
+                    if sep and rest.startswith(_CONVERTER_PARTS) and (m.isfile() or m.isdir()):
+                        m.name = rest
+                        members.append(m)
+                if not any(m.name == _CONVERTER_SCRIPT for m in members):
+                    raise FintsEdgeError(
+                        f"{sdist}: no vendor/llama.cpp/{_CONVERTER_SCRIPT}; pass the "
+                        f"llama-cpp-python {version} source distribution"
+                    )
+                tar.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            raise FintsEdgeError(f"{sdist}: could not unpack it ({e})") from e
+    return dest
+
+
+def convert_official(hf_dir: Path, out_path: Path, outtype: OutType = "f32") -> Path:
+    """HF folder -> GGUF with llama.cpp's own ``convert_hf_to_gguf.py`` (the reference for every
+    architecture; run in a child process with its own gguf-py). The converter must have been
+    fetched (:func:`fetch_converter`); a clear error says how otherwise."""
+    import os
+    import subprocess
+
+    hf_dir, out_path = Path(hf_dir), Path(out_path)
+    if not (hf_dir / "config.json").is_file():
+        raise FintsEdgeError(f"{hf_dir}: not an HF model folder (no config.json)")
+    if outtype not in ("f32", "f16"):
+        raise FintsEdgeError(f"--outtype {outtype}: choose f32 or f16 (then quantize)")
+    script = converter_dir() / _CONVERTER_SCRIPT
+    if not script.is_file():
+        raise FintsEdgeError(
+            f"llama.cpp's converter is not here yet ({script}); run "
+            "`python -m export.gguf fetch-converter` once (pip downloads the llama-cpp-python "
+            "source), or pass --converter direct for llama/qwen2/gemma3 with a known tokenizer"
+        )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("NO_LOCAL_GGUF", None)  # the converter's own gguf-py, not the installed one
+    with _atomic_path(out_path) as tmp:
+        cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp),
+               "--outtype", outtype]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            lines = [ln for ln in done.stderr.strip().splitlines() if ln.strip()]
+            raise FintsEdgeError(
+                f"{hf_dir}: llama.cpp's converter failed ({lines[-1] if lines else 'no output'}); "
+                f"run it by hand to see everything: {' '.join(cmd[1:])}"
+            )
     return out_path
 
 
@@ -301,7 +434,8 @@ def write_control_vector(vectors: np.ndarray, out_path: Path, model_hint: str) -
     arch = "controlvector"
     with _atomic_path(Path(out_path)) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
-        writer.add_string(f"{arch}.model_hint", model_hint)
+        # add_string silently drops an empty string; the key is part of the layout
+        writer.add_key_value(f"{arch}.model_hint", model_hint, gguf.GGUFValueType.STRING)
         writer.add_uint32(f"{arch}.layer_count", v.shape[0] - 1)
         for row in range(v.shape[0] - 1):
             layer = hf_layer_of_row(row)
@@ -336,16 +470,26 @@ def profile_to_control_vector(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m export.gguf", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="HF Llama/Qwen2 folder -> GGUF (f32 or f16)")
+    c = sub.add_parser("convert", help="HF Llama/Mistral/Qwen2/Gemma3 folder -> GGUF (f32, f16)")
     c.add_argument("--hf", type=Path, required=True, help="HF model folder")
     c.add_argument("--out", type=Path, required=True, help="output .gguf")
     c.add_argument("--outtype", choices=("f32", "f16"), default="f32", help="default: f32")
     c.add_argument(
+        "--converter",
+        choices=("official", "direct"),
+        default="official",
+        help="official: llama.cpp's convert_hf_to_gguf.py (default; `fetch-converter` once); "
+        "direct: this project's writer (tests; tokenizer keys copied from --tokenizer-from)",
+    )
+    c.add_argument(
         "--tokenizer-from",
         type=Path,
         default=None,
-        help="GGUF with the same tokenizer (default: SmolLM2)",
+        help="direct only: GGUF with the same tokenizer (default: SmolLM2)",
     )
+    f = sub.add_parser("fetch-converter", help="unpack llama.cpp's converter from its sdist, once")
+    f.add_argument("--sdist", type=Path, default=None,
+                   help="a llama_cpp_python-X.tar.gz on disk (default: pip download it)")  # fmt: skip
     q = sub.add_parser("quantize", help="f32/f16 GGUF -> quantized GGUF")
     q.add_argument("src", type=Path)
     q.add_argument("dst", type=Path)
@@ -359,21 +503,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main("interrupted; no output file was changed")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "cvec" and not np.isfinite(args.strength):
+        raise FintsEdgeError(f"--strength must be a finite number, got {args.strength}")
     commands: dict[str, Callable[[], Path]] = {
-        "convert": lambda: write_gguf(args.hf, args.out, args.outtype, args.tokenizer_from),
+        "convert": lambda: (
+            convert_official(args.hf, args.out, args.outtype)
+            if args.converter == "official"
+            else write_gguf(args.hf, args.out, args.outtype, args.tokenizer_from)
+        ),
+        "fetch-converter": lambda: fetch_converter(args.sdist),
         "quantize": lambda: quantize(args.src, args.dst, args.type, args.threads),
         "cvec": lambda: profile_to_control_vector(
             Profile.load(args.profile), args.out, args.site, args.strength
         ),
     }
-    try:
-        out = commands[args.cmd]()
-    except FintsEdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(out)
+    print(commands[args.cmd]())
     return 0
 
 

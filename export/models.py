@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from fints_edge._atomic import atomic_dir, write_text
 from fints_edge._paths import cache_dir, default_gguf
+from fints_edge.arch import SUPPORTED, gguf_arch_of_hf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.profile import ModelIdentity, tokenizer_fingerprint
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = SUPPORTED  # GGUF archs of fints_edge.arch's table (HF mistral -> llama)
 _SHA_INDEX = "gguf-sha256.json"  # {"path|size|mtime_ns": sha256}: hashing 100 MB once is enough
 _CACHE_MARKER = "fints_edge_source.json"  # written last: its presence marks a complete folder
 _CACHE_VERSION = 2  # bump when the folder's content changes (2: BOS as in the GGUF)
@@ -55,15 +54,7 @@ def _read_index(path: Path) -> dict[str, str]:
 
 
 def _write_json_atomic(path: Path, data: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=0)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(data, indent=0))
 
 
 # -- GGUF -> HF fp32 folder ------------------------------------------------------------------------
@@ -73,7 +64,7 @@ def gguf_scalars(path: Path) -> dict[str, Any]:
 
     try:
         reader = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, IndexError, KeyError, OverflowError) as e:  # damaged: all seen
         raise FintsEdgeError(f"{path}: not a readable GGUF file ({e})") from e
     out: dict[str, Any] = {}
     for name, field in reader.fields.items():
@@ -106,40 +97,37 @@ def dequantized_hf(gguf_path: Path | None = None) -> Path:
         return out
     meta = gguf_scalars(src)
     _check_arch(str(meta.get("general.architecture", "unknown")), src)
+    _check_vocab(src)  # seconds, before the minute the weights take
 
+    print(f"dequantizing {src.name} to fp32 in {out} (once, ~30 s)", file=sys.stderr)
+    # Built in a temp folder and swapped in whole (an older cache format is replaced).
+    try:
+        with atomic_dir(out) as tmp:
+            _save_fp32(src, meta, sha, tmp)
+    except OSError:
+        if not _cache_is_current(out):  # lost a race to another process: fine
+            raise
+    return out
+
+
+def _save_fp32(src: Path, meta: dict[str, Any], sha: str, tmp: Path) -> None:
+    """The GGUF's weights and tokenizer as an HF fp32 folder in ``tmp``, the marker last."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"dequantizing {src.name} to fp32 in {out} (once, ~30 s)", file=sys.stderr)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
-        kw: dict[str, Any] = {"gguf_file": src.name, "local_files_only": True}
-        model = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kw)
-        tokenizer = AutoTokenizer.from_pretrained(src.parent, **kw)
-        _match_bos(tokenizer, meta, src)
-        # The loaded model still carries the GGUF quantizer and its config entry; drop both so
-        # save_pretrained writes a plain fp32 folder (notes/llama-cpp.md).
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        marker = {"version": _CACHE_VERSION, "gguf": str(src), "sha256": sha}
-        (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
-        if out.exists():  # an older cache format: replace it
-            shutil.rmtree(out)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not _cache_is_current(out):  # lost a race to another process: fine
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    kw: dict[str, Any] = {"gguf_file": src.name, "local_files_only": True}
+    model = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, **kw)
+    _match_bos(tokenizer, meta, src)
+    # The loaded model still carries the GGUF quantizer and its config entry; drop both so
+    # save_pretrained writes a plain fp32 folder (notes/llama-cpp.md).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    marker = {"version": _CACHE_VERSION, "gguf": str(src), "sha256": sha}
+    (tmp / _CACHE_MARKER).write_text(json.dumps(marker, indent=1))
 
 
 def _cache_is_current(folder: Path) -> bool:
@@ -169,11 +157,35 @@ def _match_bos(tokenizer: Any, meta: dict[str, Any], src: Path) -> None:
         )
 
 
+def _check_vocab(src: Path) -> None:
+    """The HF tokenizer transformers built from the GGUF must have the GGUF's exact vocabulary.
+
+    transformers 4.57's GGUF loader does not for gemma3 (262,143 of 262,144 tokens, runs of spaces
+    spelled differently, other splits): torch signals would then be read on other tokens than the
+    device feeds, and the profile refused by the engine. Fail here, before the weights are saved.
+    """
+    import gguf
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name, local_files_only=True)
+    field = gguf.GGUFReader(src).fields.get("tokenizer.ggml.tokens")
+    want = field.contents() if field is not None else []
+    got = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if tokenizer_fingerprint(got) != tokenizer_fingerprint(want):
+        raise FintsEdgeError(
+            f"{src}: transformers rebuilds this GGUF's tokenizer differently ({len(got)} vs "
+            f"{len(want)} tokens or other spellings), so torch and llama.cpp would not see the same "
+            "tokens; learn the profile on the device (`python -m fints_edge.learn`), or pass the "
+            "original HF model folder"
+        )
+
+
 def _check_arch(arch: str, path: Path) -> None:
+    """``arch`` is a GGUF arch (``general.architecture``) of fints_edge.arch's table."""
     if arch not in SUPPORTED_ARCHS:
         raise FintsEdgeError(
             f"{path}: architecture '{arch}' is not supported; use a "
-            f"{' or '.join(SUPPORTED_ARCHS)} model"
+            f"{', '.join(SUPPORTED_ARCHS)} model"
         )
 
 
@@ -191,7 +203,7 @@ def load_hf(model: str | Path) -> tuple[Any, Any]:
     elif not (path.is_dir() and (path / "config.json").is_file()):
         raise FintsEdgeError(f"{path}: not an HF model folder (no config.json) nor a .gguf file")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    _check_arch(config.model_type, path)
+    gguf_arch_of_hf(config.model_type, str(path))  # one clear line for other model types
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     hf.eval()
@@ -204,7 +216,7 @@ def identity_from_hf(model: Any, tokenizer: Any) -> ModelIdentity:
     n_vocab = len(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(list(range(n_vocab)))
     return ModelIdentity(
-        arch=str(config.model_type),
+        arch=gguf_arch_of_hf(str(config.model_type)),  # as the GGUF names it: mistral -> llama
         n_layer=int(config.num_hidden_layers),
         n_embd=int(config.hidden_size),
         n_vocab=n_vocab,

@@ -3,7 +3,9 @@
 At each steered decoder layer: v_attn is added to the attention block's output (every
 position), so the MLP that follows runs on the steered residual (the "re-pulse"), and v_mlp is
 added to the MLP's output. This is the oracle every llama.cpp injection path is tested against.
-In llama.cpp terms: v_attn lands on ``ffn_inp-L``, v_mlp on ``l_out-L`` (hf_layer L).
+In llama.cpp terms: v_attn lands on ``ffn_inp-L``, v_mlp on ``l_out-L`` (hf_layer L). The module
+of each site comes from ``fints_edge.arch`` (gemma3: the post-attention / post-FFN norms' outputs,
+what its blocks add to the residual stream).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from export.extract import (
     prompt_ids,
     register_hooks,
 )
+from fints_edge.arch import graph_of_hf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITES, Site
 from fints_edge.profile import PromptFormat
@@ -72,6 +75,7 @@ def _site_hooks(model: Any, vectors: Vectors, strength: float, make: Any) -> lis
     if not vectors:
         return []
     mods = decoder_layers(model)
+    graph = graph_of_hf(model.config.model_type, type(model).__name__)
     n_embd = model.config.hidden_size
     hooks: list[tuple[Any, str, Any]] = []
     for layer in check_layers(model, sorted(vectors)):
@@ -82,10 +86,10 @@ def _site_hooks(model: Any, vectors: Vectors, strength: float, make: Any) -> lis
                     f"{site} vector for layer {layer} has shape {tuple(v.shape)}; "
                     f"the model needs [{n_embd}]"
                 )
-            if site == "attn":  # attention output (tuple's first item); the MLP then sees it
-                hooks.append((mods[layer].self_attn, "forward", make(v)))
+            if site == "attn":  # attention block output (first item); the MLP then sees it
+                hooks.append((getattr(mods[layer], graph.hf_attn_output), "forward", make(v)))
             elif site == "mlp":
-                hooks.append((mods[layer].mlp, "forward", make(v)))
+                hooks.append((getattr(mods[layer], graph.hf_mlp_output), "forward", make(v)))
             else:
                 raise FintsEdgeError(f"unknown site {site!r}: use one of {SITES}")
     return hooks

@@ -4,11 +4,14 @@ For one history item, the prompt is decoded once, then the chosen and the reject
 decoded after it (the KV cache is rewound in between), with the eval callback copying the site
 tensors of the steered layers at the answer positions. Signal = mean(chosen) - mean(rejected).
 
-Graph tensors per site (Llama/Qwen2/Mistral layers; torch twin in brackets):
-- attention, reading ``output``:   ``attn_out-L``  [self_attn output, o_proj]
-- attention, reading ``residual``: ``ffn_inp-L``   [input of post_attention_layernorm]
-- MLP:                             ``ffn_out-L``   [mlp output]
-- layer output (residual norms):   ``l_out-L``     [decoder layer output]
+Graph tensors per site come from ``fints_edge.arch`` (torch twins in ``export/extract.py``); for
+llama: attention ``attn_out-L`` (reading ``output``) or ``ffn_inp-L`` (``residual``), MLP
+``ffn_out-L``, residual norms ``l_out-L``. qwen2 names no attention output: it is read as
+``ffn_inp-L`` minus the residual entering the layer. gemma3 reads the post-normed block outputs.
+
+Prompt layout: ``chat`` applies the GGUF's chat template; a GGUF without one (a base model such as
+gemma-3-270m) is laid out ``plain`` instead, and the extractor says so in ``prompt_format`` (the
+profile records it). ``plain`` = input + newline, with BOS first when the model adds one.
 
 When the last layer is steered, every answer position asks for logits: llama.cpp otherwise
 computes the last layer for the final position only (a mean over one token).
@@ -23,12 +26,15 @@ from typing import Any
 import numpy as np
 
 from fints_edge.errors import FintsEdgeError
+from fints_edge.generate import complete, decode_error
 from fints_edge.inject import CallbackInjector
-from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
-from fints_edge.model import chat_prompt, n_layers
+from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, check_layers
+from fints_edge.model import has_chat_template, n_layers
+from fints_edge.pairs import RETRY_SAMPLING
 from fints_edge.profile import PROMPT_FORMATS, PromptFormat
+from fints_edge.prompt import prompt_tokens as layout_tokens
 
-_ATTN_TENSOR: dict[AttnReading, str] = {"output": "attn_out", "residual": "ffn_inp"}
+_ITEM_FIX = "shorten the history item, or raise --n-ctx"
 DEFAULT_ANSWER_TOKENS = 48  # the zero-shot negative's length, as in ``export.build``
 
 
@@ -59,15 +65,7 @@ class DeviceExtractor:
         opening_tokens: int = DEFAULT_OPENING_TOKENS,
     ) -> None:
         n_layer = n_layers(llm)
-        self.layers = [int(x) for x in layers]
-        if (
-            not self.layers
-            or self.layers != sorted(set(self.layers))
-            or not 0 <= self.layers[0] <= self.layers[-1] < n_layer
-        ):
-            raise FintsEdgeError(
-                f"layers {list(layers)}: need sorted, distinct decoder indices in 0..{n_layer - 1}"
-            )
+        self.layers = check_layers(layers, n_layer)
         self.sites = tuple(sites)
         if (
             not self.sites
@@ -84,22 +82,26 @@ class DeviceExtractor:
         self.llm = llm
         self.injector: CallbackInjector = injector
         self.attn_reading = attn_reading
-        self.prompt_format = prompt_format
+        # A base model has no chat template: lay its prompts out plain, and say so.
+        self.prompt_format: PromptFormat = (
+            "plain" if prompt_format == "chat" and not has_chat_template(llm) else prompt_format
+        )
         if opening_tokens < 1:
             raise FintsEdgeError(f"opening_tokens must be >= 1, got {opening_tokens}")
         self.opening_tokens = opening_tokens
-        site_tensor = {"attn": _ATTN_TENSOR[attn_reading], "mlp": "ffn_out"}
-        self._names = [[f"{site_tensor[s]}-{j}" for j in self.layers] for s in self.sites]
+        graph = injector.graph  # this model's tensor names per site (fints_edge.arch)
+        self._readings = [
+            [graph.reading(s, j, attn_reading) for j in self.layers] for s in self.sites
+        ]  # [S][L]
         # Only the last layer needs every position's logits requested (its rows are pruned).
         self._every_position = self.layers[-1] == n_layer - 1
-        self._out_names = [f"l_out-{j}" for j in self.layers]
+        self._out_names = [graph.layer_output(j) for j in self.layers]
 
     # -- tokens, laid out exactly as export.extract.prompt_ids / encode_pair do -------------------
     def prompt_tokens(self, text: str) -> list[int]:
-        if self.prompt_format == "chat":
-            rendered = chat_prompt(self.llm, [{"role": "user", "content": text}])
-            return list(self.llm.tokenize(rendered.encode(), add_bos=False, special=True))
-        return list(self.llm.tokenize((text + "\n").encode(), add_bos=False, special=False))
+        """The input as plain text in its layout (plain: BOS if the GGUF adds one, then input
+        and newline); see fints_edge.prompt."""
+        return layout_tokens(self.llm, [{"role": "user", "content": text}], self.prompt_format)
 
     def answer_tokens(self, answer: str) -> list[int]:
         ids = list(self.llm.tokenize(answer.encode(), add_bos=False, special=False))
@@ -123,7 +125,8 @@ class DeviceExtractor:
         means: list[np.ndarray] = []  # per answer: [S, L, n_embd]
         firsts: list[np.ndarray] = []  # per answer, over the first answer positions only
         norms = np.zeros(len(self.layers))
-        names = [n for row in self._names for n in row] + self._out_names
+        tapped = [r.names for row in self._readings for r in row] + [tuple(self._out_names)]
+        names = list(dict.fromkeys(n for group in tapped for n in group))
         self._clear()
         try:
             self._decode(prompt, 0, every_position=False)
@@ -132,9 +135,13 @@ class DeviceExtractor:
                 with self.injector.tapping(names) as taps:
                     self._decode(answer, len(prompt), every_position=self._every_position)
                 rows = {name: self._rows(taps, name, len(answer)) for name in names}
-                means.append(np.stack([[rows[n].mean(0) for n in row] for row in self._names]))
+                acts = [  # [S][L] of [tokens, n_embd]: plus - minus where the site is derived
+                    [rows[r.plus] - rows[r.minus] if r.minus else rows[r.plus] for r in row]
+                    for row in self._readings
+                ]
+                means.append(np.stack([[a.mean(0) for a in row] for row in acts]))
                 m = self.opening_tokens
-                firsts.append(np.stack([[rows[n][:m].mean(0) for n in row] for row in self._names]))
+                firsts.append(np.stack([[a[:m].mean(0) for a in row] for row in acts]))
                 if which == 0:  # residual norms over the user's own answer
                     norms = np.array(
                         [np.linalg.norm(rows[n], axis=-1).mean() for n in self._out_names]
@@ -168,7 +175,12 @@ class DeviceExtractor:
         for start in range(0, len(tokens), llm.n_batch):
             chunk = list(tokens[start : start + llm.n_batch])
             llm._batch.set_batch(batch=chunk, n_past=n_past + start, logits_all=every_position)
-            llm._ctx.decode(llm._batch)
+            try:
+                llm._ctx.decode(llm._batch)
+            except RuntimeError as e:
+                self.injector.raise_error()  # the likelier cause when there is one
+                raise decode_error(e, llm, _ITEM_FIX) from e
+            self.injector.raise_error()  # a failure inside the eval callback, after the decode
 
     # -- the model's own answer, as the default negative --------------------------------------------
     def own_answer(
@@ -178,9 +190,17 @@ class DeviceExtractor:
         if self.injector.active:
             raise FintsEdgeError("clear steering before generating a negative")
         self._clear()
-        sampling = {"temperature": 0.9, "top_p": 0.95} if attempt else {"temperature": 0.0}
-        out = self.llm.create_completion(
-            self.prompt_tokens(text), max_tokens=max_tokens, seed=seed + attempt, **sampling
-        )
-        self._clear()
-        return str(out["choices"][0]["text"]).strip()
+        sampling = RETRY_SAMPLING if attempt else {"temperature": 0.0, "top_p": 0.95}
+        try:  # not create_completion: its budget fails on unfinished UTF-8 (fints_edge.generate)
+            return complete(
+                self.llm,
+                self.prompt_tokens(text),
+                max_tokens,
+                seed=seed + attempt,
+                temperature=sampling["temperature"],
+                top_p=sampling["top_p"],
+                injector=self.injector,
+                fix=_ITEM_FIX,
+            )
+        finally:
+            self._clear()

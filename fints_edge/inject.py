@@ -6,6 +6,7 @@ Two modes (see notes on llama.cpp):
   of that layer does not see it), which is all the built-in vector can express.
 - ``exact``: the graph eval callback adds v_attn to ``ffn_inp-L`` (residual + attention output,
   the MLP input) and v_mlp to ``l_out-L`` (layer output): true Pulse-and-Re-Pulse. CPU backend.
+  Those are the llama/qwen2 names; gemma3 uses ``sa_out-L`` for v_attn (``fints_edge.arch``).
 
 All llama-cpp-python / ggml symbol look-ups live here, resolved once.
 Vectors come in profile layout: float32 [S, L, n_embd] with the profile's ``sites`` and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,15 +25,15 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from fints_edge.arch import SUPPORTED, ArchGraph, cvec_note, graph_of
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import Site, cvec_row
 
 Mode = Literal["cvec", "exact"]
 MODES: tuple[Mode, ...] = ("cvec", "exact")
 
-# Graph tensor names per site, for Llama/Qwen2/Mistral-style layers (Gemma adds extra norms).
-_SITE_TENSOR: dict[Site, str] = {"attn": "ffn_inp", "mlp": "l_out"}
-EXACT_ARCHS = ("llama", "qwen2", "mistral")
+# Which graph tensor carries which site is per architecture: fints_edge.arch holds the table.
+EXACT_ARCHS = SUPPORTED
 _GGML_TYPE_F32 = 0
 # Computed once per micro-batch before any steered tensor, one row per token: the position cursor.
 _CURSOR_TENSOR = b"attn_norm-0"
@@ -146,9 +148,10 @@ def _ggml() -> ctypes.CDLL:
     return lib
 
 
-def tensor_name(site: Site, hf_layer: int) -> str:
-    """Graph tensor that carries ``site`` of decoder layer ``hf_layer`` (llama.cpp's il == hf_layer)."""
-    return f"{_SITE_TENSOR[site]}-{hf_layer}"
+def tensor_name(site: Site, hf_layer: int, arch: str = "llama") -> str:
+    """Graph tensor where ``site`` of decoder layer ``hf_layer`` is steered (llama.cpp's il ==
+    hf_layer), for a GGUF of architecture ``arch`` (see ``fints_edge.arch``)."""
+    return graph_of(arch).inject_tensor(site, hf_layer)
 
 
 class CallbackInjector:
@@ -158,10 +161,11 @@ class CallbackInjector:
     context with :func:`open_steerable` so both share one lifetime.
     """
 
-    def __init__(self, n_embd: int) -> None:
+    def __init__(self, n_embd: int, arch: str = "llama") -> None:
         import llama_cpp
 
         self.n_embd = n_embd
+        self.graph: ArchGraph = graph_of(arch)  # open_steerable sets the model's own
         self._lib = _ggml()
         self._targets: dict[bytes, np.ndarray] = {}  # tensor name -> float32 [n_embd]
         self._taps: dict[bytes, list[np.ndarray]] = {}  # tensor name -> copied [rows, n_embd]
@@ -170,7 +174,8 @@ class CallbackInjector:
         self._window = (0, 0)
         self._cursor = 0  # tokens computed since rewind()
         self._ubatch = (0, 0)  # (first position, rows) of the micro-batch being computed
-        self._tap_error: str | None = None
+        self._error: BaseException | None = None  # raised inside the callback, see raise_error
+        self._error_tensor = ""
         self.calls = 0  # in-place additions done (tests and benchmarks read it)
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
 
@@ -186,7 +191,7 @@ class CallbackInjector:
         for i, site in enumerate(sites):
             for j, layer in enumerate(layers):
                 if np.any(v[i, j]):
-                    name = tensor_name(site, int(layer)).encode()
+                    name = self.graph.inject_tensor(site, int(layer)).encode()
                     targets[name] = targets.get(name, 0) + np.ascontiguousarray(v[i, j])
         return targets
 
@@ -223,19 +228,44 @@ class CallbackInjector:
         """Copy the named graph tensors as they are computed: name -> [rows, n_embd] per
         micro-batch, in order. Used for on-device signal extraction (``fints_edge.extract``)."""
         self._taps = {n.encode(): [] for n in names}
-        self._tap_error = None
         out: dict[str, list[np.ndarray]] = {}
         try:
             yield out
         finally:
             taps, self._taps = self._taps, {}
             out.update({k.decode(): v for k, v in taps.items()})
-        if self._tap_error:
-            raise FintsEdgeError(self._tap_error)
+        self.raise_error()  # a decode in the block may not have checked
+
+    def raise_error(self) -> None:
+        """Raise what failed inside the eval callback since the last call; call it after every
+        decode. A FintsEdgeError (the original chained); Ctrl-C stays a KeyboardInterrupt."""
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if not isinstance(error, Exception) or isinstance(error, FintsEdgeError):
+            raise error  # KeyboardInterrupt / SystemExit, or already says what to change
+        raise FintsEdgeError(
+            f"the eval callback (steering or reading) failed at graph tensor {self._error_tensor} "
+            f"({type(error).__name__}: {error}); the computation was stopped and its result "
+            "dropped. The profile may not fit this model: rebuild it for the model, or use --mode cvec"
+        ) from error
 
     def _on_tensor(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        """The eval callback. ggml calls it from C, where a Python exception cannot travel (ctypes
+        would print it and the graph would go on half-steered): a failure is kept for
+        :meth:`raise_error` and False stops the computation (when asking: "not needed")."""
+        if self._error is not None:
+            return False
         if not self._targets and not self._taps and not self._opening:
             return not ask  # ask: "nothing needed"; compute: True means "go on"
+        try:
+            return self._on_tensor_unsafe(tensor, ask)
+        except BaseException as e:  # re-raised by raise_error once the decode has returned
+            self._error = e
+            self._error_tensor = (self._lib.ggml_get_name(tensor) or b"?").decode(errors="replace")
+            return False
+
+    def _on_tensor_unsafe(self, tensor: int, ask: bool) -> bool:
         name = self._lib.ggml_get_name(tensor)
         vec = self._targets.get(name)
         tap = self._taps.get(name)
@@ -253,10 +283,7 @@ class CallbackInjector:
         if first is not None:
             self._add_in_window(self._rows(tensor, name), first)
         if tap is not None:
-            try:
-                tap.append(self._rows(tensor, name).copy())
-            except FintsEdgeError as e:  # raised after the decode, not inside C
-                self._tap_error = str(e)
+            tap.append(self._rows(tensor, name).copy())
         return True
 
     def _add_in_window(self, data: np.ndarray, vec: np.ndarray) -> None:
@@ -295,16 +322,17 @@ def open_steerable(model_path: str | Path, mode: Mode, **open_kwargs: Any) -> tu
         raise FintsEdgeError(f"unknown injection mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode == "cvec":
         llm = open_llama(model_path, **open_kwargs)
+        note = cvec_note(_arch(llm))
+        if note:  # runs anyway: the control vector is llama.cpp's own, on every arch it builds
+            warnings.warn(f"{model_path}: {note}", stacklevel=2)
         n_layer = n_layers(llm)
         return llm, CvecInjector(llm, n_layer, llm.n_embd())
     llm = open_llama(model_path, llama_cls=_callback_llama_class(), **open_kwargs)
-    arch = _arch(llm)
-    if arch not in EXACT_ARCHS:
+    try:
+        llm.injector.graph = graph_of(_arch(llm), str(model_path))
+    except FintsEdgeError:
         llm.close()
-        raise FintsEdgeError(
-            f"{model_path}: exact injection knows the graph of {', '.join(EXACT_ARCHS)} models, "
-            f"not '{arch}'; use --mode cvec"
-        )
+        raise
     llm.injector.n_embd = llm.n_embd()
     return llm, llm.injector
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.profile import ModelIdentity, tokenizer_fingerprint
+from fints_edge.profile import ModelIdentity, PromptFormat, tokenizer_fingerprint
 
 GGUF_MAGIC = b"GGUF"
 MAX_DEFAULT_THREADS = 4
@@ -27,7 +27,10 @@ def check_gguf(path: str | Path) -> Path:
     """Cheap checks before any C code runs: the file exists and starts with the GGUF magic."""
     path = Path(path)
     if not path.is_file():
-        raise FintsEdgeError(f"{path}: no such model file; pass a .gguf model")
+        raise FintsEdgeError(
+            f"{path}: no such model file; pass a .gguf model "
+            "(optional models: `python -m fints_edge.zoo list`)"
+        )
     with path.open("rb") as f:
         magic = f.read(len(GGUF_MAGIC))
     if magic != GGUF_MAGIC:
@@ -109,17 +112,36 @@ def identity_from_llama(llm: Any) -> ModelIdentity:
     )
 
 
-def chat_prompt(llm: Any, messages: Sequence[dict[str, str]]) -> str:
-    """The model's own chat template (from the GGUF) applied to ``messages``, ready to generate.
+def has_chat_template(llm: Any) -> bool:
+    """Whether the GGUF carries a chat template (chat-tuned models do; base models do not)."""
+    return bool(llm.metadata.get("tokenizer.chat_template"))
 
-    Tokenize the result with ``special=True`` and ``add_bos=False``: the template already holds
-    whatever special tokens the model expects.
+
+def chat_prompt(
+    llm: Any, messages: Sequence[dict[str, str]], prompt_format: PromptFormat | None = None
+) -> str:
+    """``messages`` laid out for the model, ready to generate the next assistant turn.
+
+    ``chat``: the model's own chat template (from the GGUF). ``plain``: :func:`plain_prompt`.
+    ``None`` (default): the template when the GGUF has one, else plain: a base model such as
+    gemma-3-270m ships no template and is prompted with plain text, as it was trained.
+    Tokenize the result with ``special=True`` and ``add_bos=False``: it already holds whatever
+    special tokens the model expects (BOS included).
     """
+    if prompt_format is None:
+        prompt_format = "chat" if has_chat_template(llm) else "plain"
+    if prompt_format == "plain":
+        return plain_prompt(llm, messages)
+    if prompt_format != "chat":
+        raise FintsEdgeError(f"prompt format {prompt_format!r}: use chat or plain")
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise FintsEdgeError(f"{llm.model_path}: GGUF has no chat template; use a chat model")
+        raise FintsEdgeError(
+            f"{llm.model_path}: GGUF has no chat template (a base model?); use the plain "
+            "prompt format (a profile built with --prompt-format plain)"
+        )
     eos = _token_text(llm, llm.token_eos())
     bos = _token_text(llm, llm.token_bos())
     formatter = Jinja2ChatFormatter(
@@ -127,6 +149,19 @@ def chat_prompt(llm: Any, messages: Sequence[dict[str, str]]) -> str:
     )
     msgs: Any = list(messages)  # llama_cpp's TypedDicts; plain role/content dicts
     return formatter(messages=msgs).prompt
+
+
+def plain_prompt(llm: Any, messages: Sequence[dict[str, str]]) -> str:
+    """The plain layout, for base models: BOS if the model adds one, then each turn's text;
+    a user turn ends with a newline (the answer follows it, as during extraction), an assistant
+    or system turn with a blank line. One user message gives BOS + input + newline, exactly the
+    ``plain`` layout ``fints_edge.extract`` and ``export.extract`` learn signals with."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    bos = _token_text(llm, llm.token_bos()) if llama_cpp.llama_vocab_get_add_bos(vocab) else ""
+    parts = [m["content"] + ("\n" if m["role"] == "user" else "\n\n") for m in messages]
+    return bos + "".join(parts)
 
 
 def _token_text(llm: Any, token: int) -> str:

@@ -191,6 +191,11 @@ def test_opening_injection_parity_with_torch_reference(tiny, hf, engines):
 
 
 def test_opening_window_is_validated(engines):
+    from fints_edge.errors import FintsEdgeError
+
     _, injector = engines["exact"]
-    with pytest.raises(Exception, match="opening window"):
-        injector.set_opening(np.zeros((1, 1, 64), np.float32), ("mlp",), (1,), -1, 3)
+    v = np.zeros((1, 1, injector.n_embd), np.float32)  # a valid shape: only the window is wrong
+    for start, count in [(-1, 3), (2, 0)]:
+        with pytest.raises(FintsEdgeError, match=rf"opening window start {start}, count {count}"):
+            injector.set_opening(v, ("mlp",), (1,), start, count)
+    assert not injector.active
