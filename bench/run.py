@@ -129,7 +129,7 @@ def encoder_variants(queries: list[str]) -> dict:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from export.personas import load_pool
+    from evals.personas import load_pool
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
 

@@ -17,8 +17,8 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from export.personas import T0, base_answers, load_pool_rows
-from export.styles import Style
+from evals.personas import T0, base_answers, load_pool_rows
+from evals.styles import Style
 from fints_edge.errors import FintsEdgeError
 
 DEFAULT_CONDITIONAL = Path(__file__).parent / "data" / "conditional.json"

@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 from evals.cache import RunCache, file_sha256, run_key
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
+from evals.personas import DEFAULT_STYLES, load_pool, make_dataset
 from evals.run import Runner, Setting, UserData
 from evals.scoring import BASELINES, Scoring, by_group, summarize
+from evals.styles import Style, load_styles
 from evals.sweep import Grid, sweep
-from export.personas import DEFAULT_STYLES, load_pool, make_dataset
-from export.styles import Style, load_styles
 from fints_edge._cli import cli_main
 from fints_edge._paths import default_gguf
 from fints_edge.errors import FintsEdgeError
@@ -362,7 +362,7 @@ def shift_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
 
 
 def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
-    from export.datasets import load_longlamp
+    from evals.datasets import load_longlamp
 
     path = ev.args.longlamp or LONGLAMP_MINI / LONGLAMP_FILE
     if not Path(path).is_file():

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from evals.fluency import FluencyRule, Perplexity, repetition, topic_retention
-from export.metrics import TextScorer, paired_bootstrap
-from export.styles import Style
+from evals.metrics import TextScorer, paired_bootstrap
+from evals.styles import Style
 
 PRIMARY = ("fluent_adherence", "adherence")
 COMPARED_TO = ("zero-shot", "rag-1", "prefix-cached")

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from fints_edge.errors import FintsEdgeError
 
+
 class Main(Protocol):
     def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 

@@ -207,7 +207,7 @@ def test_complete_cuts_the_budget_to_the_room_left_and_refuses_a_full_prompt(exa
 def test_the_embedded_models_answers_equal_create_completions():
     """The persona base answers and the demo history were made with create_completion on the
     rendered string; plain-text prompt tokens + complete give the same answers."""
-    from export.personas import load_pool
+    from evals.personas import load_pool
     from fints_edge._paths import default_gguf
     from fints_edge.model import chat_prompt, open_llama
 

@@ -52,7 +52,9 @@ def test_a_lowercase_users_items_are_kept_with_the_models_own_answer():
 
 def test_a_prefix_users_items_are_kept_as_close_contrasts():
     items = [HistoryItem("q", "BREAKING: Storm closes schools on Monday")]
-    pairs, report = build_pairs(items, lambda _t, _a: "Storm closes schools on Monday", progress=False)
+    pairs, report = build_pairs(
+        items, lambda _t, _a: "Storm closes schools on Monday", progress=False
+    )
     assert pairs[0].rejected == "Storm closes schools on Monday" and report.close == [0]
 
 

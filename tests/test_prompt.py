@@ -54,7 +54,7 @@ def test_marker_text_in_a_message_is_plain_text(vocab):
 
 @pytest.mark.parametrize("prompt_format", ["chat", "plain"])
 def test_ordinary_texts_give_the_same_ids_as_before(vocab, prompt_format):
-    from export.personas import load_pool
+    from evals.personas import load_pool
 
     texts = ORDINARY + load_pool()
     for text in texts:
@@ -144,7 +144,7 @@ def test_whitespace_stripping_markers_strip_across_the_message_boundary(vocab, m
 def test_the_embedded_model_keeps_every_pool_prompt_and_refuses_injection():
     """SmolLM2-135M (the embedded GGUF): every pool input gives the ids of the old tokenization;
     typed markers are plain text."""
-    from export.personas import load_pool
+    from evals.personas import load_pool
     from fints_edge._paths import default_gguf
 
     llm = open_llama(default_gguf(), n_ctx=64, n_threads=1, vocab_only=True)

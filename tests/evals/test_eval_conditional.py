@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evals.conditional import build_conditional_rows, load_conditional
-from export.styles import parse_styles
+from evals.styles import parse_styles
 from fints_edge.errors import FintsEdgeError
 
 STYLES = {s.name: s for s in parse_styles(
@@ -48,8 +48,8 @@ def test_bad_specs_are_refused_with_the_names(tmp_path):
 
 def test_the_bundled_spec_names_real_kinds_and_styles():
     from evals.conditional import DEFAULT_CONDITIONAL
-    from export.personas import DEFAULT_STYLES, load_pool_rows
-    from export.styles import load_styles
+    from evals.personas import DEFAULT_STYLES, load_pool_rows
+    from evals.styles import load_styles
 
     styles = {s.name: s for s in load_styles(DEFAULT_STYLES)}
     kinds = {r["kind"] for r in load_pool_rows()}

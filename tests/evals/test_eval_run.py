@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from evals.evaluate import main as evals_main
+from evals.metrics import TextScorer, paired_bootstrap
 from evals.report import render, verdict
 from evals.scoring import summarize
 from evals.sweep import better
-from export.metrics import TextScorer, paired_bootstrap
 
 
 def test_paired_bootstrap_interval_covers_the_mean_and_is_seeded():
@@ -137,3 +137,24 @@ def test_a_bad_spec_is_refused_before_any_model_loads(tmp_path, capsys):
     assert evals_main(["--styles", str(spec), "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "bad.json" in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("eval_cache")
+def test_an_evaluation_where_no_user_gets_a_profile_is_one_error_line(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """Every user skipped (as on qwen2 before the architecture table) used to end in a bare
+    StopIteration; now one line says why."""
+    from fints_edge.errors import FintsEdgeError
+    from fints_edge.learn import Learner
+
+    def refuse(*_a, **_k):
+        raise FintsEdgeError("llama.cpp gave 0 rows of attn_out-1")
+
+    monkeypatch.setattr(Learner, "new_profile", refuse)
+    rc = evals_main(["--model", str(tiny.gguf_path), "--out", str(tmp_path / "eval"), *ARGS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("error: ") and "no profile could be built" in err[-1], err[-1]
+    assert "0 rows of attn_out-1" in err[-1]
+    assert not (tmp_path / "eval").exists()

@@ -292,24 +292,6 @@ def test_parity_direct_writer_equals_llama_cpp_converter(arch_model, tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
-# -- the issue's crash: an evaluation where no user gets a profile -------------------------------------
-def test_evaluation_without_any_profile_is_one_error_line(tiny, tmp_path, monkeypatch, capsys):
-    """Every user skipped (as on qwen2 before the table) used to end in a bare StopIteration."""
-    import export.evaluate as ev
-    import export.personas as personas
-    from export.evaluate import main as evaluate_main
-
-    monkeypatch.setattr(personas, "make_dataset", lambda *_, **__: [])
-    monkeypatch.setattr(ev, "device_profiles", lambda *_, **__: {})
-    rc = evaluate_main(["--model", str(tiny.gguf_path), "--users", "2", "--history", "2",
-                        "--tests", "1", "--skip", "shift", "longlamp", "torch",
-                        "--out", str(tmp_path / "eval")])  # fmt: skip
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1
-    assert err[-1].startswith("error: ") and "no profile could be built" in err[-1], err
-    assert not (tmp_path / "eval").exists()
-
-
 # -- the optional real models (make models-extra), when assembled ----------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(

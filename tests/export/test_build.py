@@ -109,5 +109,5 @@ def test_out_of_range_layer_is_refused(tiny, tmp_path, onnx_encoder_dir):
     opts = BuildOptions(
         layers=(9,), negatives="given", encoder_dir=onnx_encoder_dir, progress=False
     )
-    with pytest.raises(FintsEdgeError, match="decoder layers 0..3"):
+    with pytest.raises(FintsEdgeError, match=r"layers \[9\].*indices in 0\.\.3"):
         build_profile(tiny.hf_dir, hist, tmp_path / "me.npz", opts)

@@ -290,7 +290,20 @@ def test_cli(tiny, tmp_path, capsys):
     prof = make_profile(n_layer=4, n_embd=8).save(tmp_path / "me.npz")
     assert main(["cvec", "--profile", str(prof), "--out", str(tmp_path / "u.gguf")]) == 0
     assert (tmp_path / "u.gguf").is_file()
-    assert main(["convert", "--hf", str(tiny.hf_dir), "--out", str(tmp_path / "t.gguf")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--hf",
+                str(tiny.hf_dir),
+                "--out",
+                str(tmp_path / "t.gguf"),
+                "--converter",
+                "direct",
+            ]
+        )
+        == 0
+    )  # the official one is fetched on demand
     assert gguf_file_type(tmp_path / "t.gguf") == 0
     capsys.readouterr()
     assert main(["quantize", str(tmp_path / "missing.gguf"), str(tmp_path / "q.gguf")]) == 1

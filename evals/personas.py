@@ -1,6 +1,6 @@
-"""``python -m export.personas``: a synthetic persona benchmark with checkable styles.
+"""``python -m evals.personas``: a synthetic persona benchmark with checkable styles.
 
-Every user owns a style (export/styles.py). For each input of a shared pool the base model's own
+Every user owns a style (evals/styles.py). For each input of a shared pool the base model's own
 greedy answer is the neutral ``rejected`` text and the user's ``output`` is that answer in the
 user's style, so a method's adherence can be checked on any generated text. Users draw disjoint
 history, dev and test inputs from the pool (seeded). ``--shift`` makes preference-shift users: the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from export.styles import Style, load_styles
+from evals.styles import Style, load_styles
 from fints_edge._atomic import write_text
 from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_gguf
@@ -164,7 +164,7 @@ def build_rows(
 @cli_main("interrupted; files already written were kept whole")
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m export.personas", description=__doc__.splitlines()[0]
+        prog="python -m evals.personas", description=__doc__.splitlines()[0]
     )
     p.add_argument(
         "--styles",

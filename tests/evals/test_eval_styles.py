@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from export.styles import RULES, adherence, load_styles, make_rule, parse_styles
+from evals.styles import RULES, adherence, load_styles, make_rule, parse_styles
 from fints_edge.errors import FintsEdgeError
 
 BASE = "The City Opens a New Bridge Downtown."

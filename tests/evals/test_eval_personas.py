@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from export.personas import build_rows, load_pool
-from export.styles import parse_styles
+from evals.personas import build_rows, load_pool
+from evals.styles import parse_styles
 from fints_edge.errors import FintsEdgeError
 
 STYLES = parse_styles(

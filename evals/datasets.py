@@ -1,7 +1,7 @@
 """Public personalization data sets in their published layouts, as per-user tasks.
 
-Users who have the public data can run the evaluation on it (``python -m export.evaluate
---longlamp FILE`` or ``--lamp QUESTIONS OUTPUTS``) instead of only on the synthetic personas.
+Users who have the public data can run the evaluation on it (``python -m evals --longlamp
+FILE``; LaMP sets load with :func:`load_lamp`) besides the synthetic personas.
 LaMP (https://lamp-benchmark.github.io): a questions file ``[{"id", "input", "profile": [...]}]``
 and an outputs file ``{"task", "golds": [{"id", "output"}]}``. LongLaMP
 (https://longlamp-benchmark.github.io) abstract generation: one JSON list of records

@@ -2,7 +2,7 @@
 
 ROUGE-1/ROUGE-L F1 (rouge-score with stemming, like LaMP), METEOR (nltk, only where WordNet is
 installed: ``make nltk-data``), and paired-bootstrap intervals. Style adherence lives with the
-styles (``export.styles``). ROUGE lowercases: it cannot see case styles, adherence can.
+styles (``evals.styles``). ROUGE lowercases: it cannot see case styles, adherence can.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from export.datasets import load_lamp, load_longlamp
+from evals.datasets import load_lamp, load_longlamp
 from fints_edge.errors import FintsEdgeError
 
 FIXTURES = Path(__file__).parent / "fixtures"
