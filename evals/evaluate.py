@@ -389,6 +389,21 @@ def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dic
     return preds
 
 
+def resolve_model(given: Path | None) -> Path:
+    """A GGUF path, or the name of an optional model (``python -m fints_edge.zoo list``)."""
+    if given is None:
+        return default_gguf()
+    if not given.exists() and "/" not in str(given):
+        from fints_edge import zoo
+
+        try:
+            zoo.get(str(given))
+        except FintsEdgeError:
+            return given  # check_gguf says the file is missing
+        return zoo.path(str(given))
+    return given
+
+
 def portable_args(argv: Sequence[str]) -> str:
     """The command line without this machine's paths: files inside the working folder stay
     relative, any other absolute path becomes its file name."""
@@ -405,7 +420,9 @@ def portable_args(argv: Sequence[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals", description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="the whole grid (hours), not the quick run")
-    p.add_argument("--model", type=Path, help="GGUF (default: the embedded SmolLM2 Q4_1)")
+    p.add_argument("--model", type=Path,
+                   help="GGUF, or an optional model's name such as qwen0.5b (`make models-extra`); "
+                   "default: the embedded SmolLM2 Q4_1")  # fmt: skip
     p.add_argument("--styles", type=Path, default=DEFAULT_STYLES, help="style spec JSON")
     p.add_argument("--conditional", type=Path, default=DEFAULT_CONDITIONAL,
                    help="kind -> style map per conditional user (default: the bundled one)")  # fmt: skip
@@ -441,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     styles = load_styles(args.styles)  # a bad spec fails before any model loads
     from fints_edge.model import check_gguf
 
-    model = check_gguf(args.model or default_gguf())
+    model = check_gguf(resolve_model(args.model))
     command = "python -m evals " + portable_args(argv if argv is not None else sys.argv[1:])
     t0 = time.perf_counter()
     ev = Evaluation(args, plan, styles, model)

@@ -145,6 +145,10 @@ def load_styles(path: str | os.PathLike[str]) -> list[Style]:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FintsEdgeError(f"{path}: no such style spec") from None
+    except IsADirectoryError:
+        raise FintsEdgeError(f"{path}: is a folder; pass a style spec .json file") from None
+    except UnicodeDecodeError:
+        raise FintsEdgeError(f"{path}: not UTF-8 text; save the style spec as UTF-8") from None
     except json.JSONDecodeError as e:
         raise FintsEdgeError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     return parse_styles(obj, str(path))

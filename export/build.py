@@ -17,7 +17,7 @@ import numpy as np
 
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
-from fints_edge.history import read_history
+from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
     ATTN_READINGS,
     SITE_CHOICES,
@@ -75,6 +75,7 @@ def build_profile(
     torch.manual_seed(opts.seed)
 
     model, tokenizer = load_hf(model_ref)
+    _check_lengths(items, tokenizer, model.config, opts, history)
     identity = identity_from_hf(model, tokenizer)
     layers = opts.layers or (default_layer(identity.n_layer),)
     layers = tuple(check_layers(sorted(set(layers)), identity.n_layer))
@@ -125,6 +126,29 @@ def build_profile(
     )
     profile.save(out)
     return profile
+
+
+def _check_lengths(
+    items: Sequence[HistoryItem], tokenizer, config, opts: BuildOptions, history: str | Path
+) -> None:
+    """Refuse an item longer than the model's positions before any work: torch would compute
+    signals past them (garbage), and llama.cpp on the device refuses such an item anyway."""
+    from export.extract import prompt_ids
+
+    limit = getattr(config, "max_position_embeddings", None)
+    if not limit:
+        return
+    for i, it in enumerate(items):
+        answers = [it.output, it.rejected or ""]
+        longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        if it.rejected is None:
+            longest = max(longest, opts.max_new_tokens)  # room for the generated negative
+        n = len(prompt_ids(tokenizer, it.input, opts.prompt_format)) + longest
+        if n > limit:
+            raise FintsEdgeError(
+                f"{history}: item {i + 1} (input {it.input[:30]!r}...) is {n:,} tokens with its "
+                f"answer, over the {limit:,} positions the model handles; shorten or drop it"
+            )
 
 
 def _zero_shot(model, tokenizer, opts: BuildOptions) -> NegativeFn:
@@ -238,6 +262,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not Path(args.out).name.endswith(".npz"):
         raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
+    if Path(args.out).is_dir():
+        raise FintsEdgeError(f"--out {args.out}: is a folder; name the profile file to write")
+    if args.max_new_tokens < 1 or args.opening_tokens < 0:
+        raise FintsEdgeError("need --max-new-tokens >= 1 and --opening-tokens >= 0")
+    if not np.isfinite(args.rouge_threshold):
+        raise FintsEdgeError(
+            f"--rouge-threshold must be a finite number, got {args.rouge_threshold}"
+        )
     t0 = time.perf_counter()
     profile = build_profile(args.model, args.history, args.out, opts)
     dt = time.perf_counter() - t0

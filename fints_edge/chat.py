@@ -150,8 +150,8 @@ def _config_from(args: argparse.Namespace):  # -> EngineConfig
             raise FintsEdgeError(
                 f"--gate takes FLOOR:FULL similarities, e.g. 0.2:0.5, not '{args.gate}'"
             ) from None
-        if not sim_full > sim_floor:
-            raise FintsEdgeError("--gate FLOOR:FULL needs FULL > FLOOR")
+        if not (math.isfinite(sim_floor) and math.isfinite(sim_full) and sim_full > sim_floor):
+            raise FintsEdgeError(f"--gate {args.gate}: FLOOR:FULL needs finite FULL > FLOOR")
     sites = None if args.sites == "both" else parse_sites(args.sites)
     known = {f.name for f in fields(EngineConfig)}
     values = {k: v for k, v in vars(args).items() if k in known and v is not None}

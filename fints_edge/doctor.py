@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -158,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == [CHILD_FLAG]:
         return _child(argv[1], int(argv[2]))
     args = build_parser().parse_args(argv)
-    if args.tokens < 1 or args.timeout <= 0:
-        raise FintsEdgeError("--tokens must be >= 1 and --timeout > 0")
+    if args.tokens < 1 or not 0 < args.timeout < math.inf:
+        raise FintsEdgeError("--tokens must be >= 1 and --timeout a finite number of seconds > 0")
     from fints_edge._paths import default_gguf
     from fints_edge.model import check_gguf
 

@@ -207,10 +207,18 @@ def _check_args(args: argparse.Namespace) -> str:
             raise FintsEdgeError("--history needs --out me.npz (the profile to write)")
         if args.out.suffix != ".npz":
             raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
+        if args.out.is_dir():
+            raise FintsEdgeError(f"--out {args.out}: is a folder; name the profile file to write")
     if args.threads is not None and args.threads < 1:
         raise FintsEdgeError("--threads must be at least 1")
     if args.opening_tokens < 0:
         raise FintsEdgeError("--opening-tokens must be >= 0 (0 = no opening signals)")
+    if args.max_new_tokens < 1 or args.n_ctx < 64:
+        raise FintsEdgeError("need --max-new-tokens >= 1 and --n-ctx >= 64")
+    if not np.isfinite(args.rouge_threshold):
+        raise FintsEdgeError(
+            f"--rouge-threshold must be a finite number, got {args.rouge_threshold}"
+        )
     return action
 
 

@@ -89,9 +89,12 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
+ALIASES = {"qwen0.5b": "qwen2.5-coder-0.5b", "gemma270m": "gemma-3-270m"}
+
+
 def get(name: str) -> ZooModel:
     try:
-        return MODELS[name]
+        return MODELS[ALIASES.get(name, name)]
     except KeyError:
         raise FintsEdgeError(
             f"unknown optional model '{name}'; choose one of {', '.join(MODELS)}"

@@ -25,6 +25,7 @@ import textwrap
 import time
 import tracemalloc
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,6 +60,18 @@ def fuzz(n: int, **strategies: st.SearchStrategy) -> Callable[[Callable], tuple[
         return fast, pytest.mark.slow(slow)
 
     return make
+
+
+# How each example ended (refused, loaded, ...), per test: docs/reliability.md shows it.
+OUTCOMES: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def _record_outcomes(record_property):
+    OUTCOMES.clear()
+    yield
+    if OUTCOMES:
+        record_property("note", ", ".join(f"{n:,} {what}" for what, n in OUTCOMES.most_common()))
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +130,12 @@ def _load(work: Path, data: bytes, max_bytes: int = 16 << 20) -> Profile | Profi
     path.write_bytes(data)
     with bounded(max_bytes):
         try:
-            return Profile.load(path)
+            got: Profile | ProfileError = Profile.load(path)
         except ProfileError as e:
             assert str(e).startswith(f"{path}:"), str(e)  # the error names the file
-            return e
+            got = e
+    OUTCOMES["refused" if isinstance(got, ProfileError) else "loaded"] += 1
+    return got
 
 
 def _flip(data: bytes, flips: list[tuple[float, int]]) -> bytes:
@@ -248,9 +263,9 @@ def _check_extra_member(work, name, data):
 
 test_extra_members, test_extra_members_slow = fuzz(
     15,
-    name=st.text(st.characters(exclude_characters="\x00/\\"), min_size=1, max_size=30).filter(
-        lambda n: n not in MEMBERS
-    ),
+    name=st.text(
+        st.characters(codec="utf-8", exclude_characters="\x00/\\"), min_size=1, max_size=30
+    ).filter(lambda n: n not in MEMBERS),
     data=st.binary(max_size=100),
 )(_check_extra_member)
 
@@ -331,7 +346,9 @@ def _read(work: Path, data: bytes) -> list[HistoryItem] | HistoryError:
             items = read_history(path)
         except HistoryError as e:
             assert str(e).startswith(f"{path}"), str(e)
+            OUTCOMES["refused"] += 1
             return e
+    OUTCOMES["accepted"] += 1
     for it in items:  # whatever is accepted, a profile can store
         for text in (it.input, it.output, it.rejected or "x"):
             assert isinstance(text, str) and text.strip()
@@ -387,8 +404,10 @@ def _check_aggregator(work, onnx_aggregator_path, damage):
     with bounded(64 << 20):
         try:
             OnnxAggregator(path, threads=1)  # loads only if it still computes the reference math
+            OUTCOMES["loaded"] += 1
         except FintsEdgeError as e:
             assert str(path) in str(e)
+            OUTCOMES["refused"] += 1
 
 
 test_damaged_aggregators, test_damaged_aggregators_slow = fuzz(30, damage=_damages)(
@@ -454,7 +473,9 @@ def _encoder_with(work: Path, source: Path, name: str, data: bytes) -> None:
             enc = Encoder(folder, threads=1)
         except FintsEdgeError as e:
             assert str(folder) in str(e)
+            OUTCOMES["refused"] += 1
             return
+    OUTCOMES["loaded"] += 1
     x = enc.encode(["a sentence", ""])
     assert x.shape == (2, enc.dim) and np.isfinite(x).all()
 
@@ -630,9 +651,12 @@ def _check_gguf(work, llama_worker, gguf_layout, damage, in_metadata):
     try:
         check_gguf(path)
     except FintsEdgeError:
+        OUTCOMES["refused before llama.cpp"] += 1
         return  # refused before any C code ran
     result = llama_worker.open(path)
     assert _allowed(result), result
+    kinds = {"refused": "refused by the loader", "died": "GGML_ASSERT abort (known)"}
+    OUTCOMES[kinds.get(result["kind"], result["kind"])] += 1
 
 
 test_damaged_model_ggufs, test_damaged_model_ggufs_slow = fuzz(
