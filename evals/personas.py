@@ -28,6 +28,7 @@ from fints_edge._atomic import write_text
 from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_gguf
 from fints_edge.errors import FintsEdgeError
+from fints_edge.extract import DEFAULT_ANSWER_TOKENS
 
 POOL_DIR = Path(__file__).parent / "data" / "pool"
 DEFAULT_STYLES = Path(__file__).parent / "data" / "styles.json"
@@ -59,7 +60,9 @@ def load_pool_rows(folder: Path = POOL_DIR) -> list[dict[str, str]]:
     return rows
 
 
-def base_answers(inputs: Sequence[str], model: Path, max_tokens: int = 48) -> dict[str, str]:
+def base_answers(
+    inputs: Sequence[str], model: Path, max_tokens: int = DEFAULT_ANSWER_TOKENS
+) -> dict[str, str]:
     """The model's greedy zero-shot answers; cached per model file, only missing ones computed."""
     from fints_edge.generate import complete
     from fints_edge.model import open_llama

@@ -10,13 +10,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
+from fints_edge.extract import DEFAULT_ANSWER_TOKENS
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
     ATTN_READINGS,
@@ -48,7 +49,7 @@ class BuildOptions:
     others: Path | None = None
     rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
     prompt_format: PromptFormat = "chat"
-    max_new_tokens: int = 48
+    max_new_tokens: int = DEFAULT_ANSWER_TOKENS
     # Answer positions the opening signals average over; 0 = store none. Off by default: on the
     # default model they did not help (docs/eval) and they double a profile's size.
     opening_tokens: int = 0
@@ -79,6 +80,10 @@ def build_profile(
     identity = identity_from_hf(model, tokenizer)
     layers = opts.layers or (default_layer(identity.n_layer),)
     layers = tuple(check_layers(sorted(set(layers)), identity.n_layer))
+    from export.extract import resolve_prompt_format
+
+    # a model without a chat template is prompted plain, and the profile must say so
+    opts = replace(opts, prompt_format=resolve_prompt_format(tokenizer, opts.prompt_format))
 
     negative: NegativeFn | None
     if opts.negatives == "zero-shot":

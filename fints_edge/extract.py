@@ -35,7 +35,7 @@ from fints_edge.profile import PROMPT_FORMATS, PromptFormat
 from fints_edge.prompt import prompt_tokens as layout_tokens
 
 _ITEM_FIX = "shorten the history item, or raise --n-ctx"
-DEFAULT_ANSWER_TOKENS = 48  # the zero-shot negative's length, as in ``export.build``
+DEFAULT_ANSWER_TOKENS = 48  # answer length of the negatives and persona answers (both halves)
 
 
 DEFAULT_OPENING_TOKENS = 3  # as export.extract
