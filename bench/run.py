@@ -363,6 +363,11 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     results["learn"] = learn_bench(model, profile, threads=2)
     results["learn_item_s"] = results["learn"]["learn_item_s"]
     results["build_items_per_s_device"] = results["learn"]["build_items_per_s_device"]
+    print("local server: overhead over the engine, 4 users at once...", file=sys.stderr)
+    from bench.serve import headline, serve_bench
+
+    results["serve"] = serve_bench(model, profile_path, queries, reps=reps, threads=1)
+    results.update(headline(results["serve"]))
 
     s1 = results["speed_t1"]
     results["cvec_decode_ratio"] = s1["cvec_decode_tps"] / s1["unsteered_decode_tps"]
@@ -482,6 +487,10 @@ def render_readme(r: dict) -> str:
                 f"| {v} | {e[f'{v}_ms']:.2f} | {e[f'{v}_min_cosine_vs_fp32']:.4f} | "
                 f"{e.get(f'{v}_top5_overlap', float('nan')):.3f} |"
             )
+    if "serve" in r:
+        from bench.serve import render as render_serve
+
+        lines += render_serve(r)
     lines += ["", "## Missed targets, explained from the figures above", ""]
     missed = [k for k in TARGETS if not _met(r, k)]
     if "setup_ms_1k" in missed:

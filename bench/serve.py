@@ -1,0 +1,354 @@
+"""What the local server costs over the engine itself, and what it serves with several users.
+
+Two figures for ``make bench`` (called from bench/run.py):
+
+- overhead: the same non-streamed steered request (same model, profile, knobs, input, greedy,
+  ``max_tokens`` tokens) timed through the HTTP server (uvicorn on 127.0.0.1, a real socket, the
+  bearer token, one kept-alive client connection) and in-process on an ``Engine`` built by the
+  server's own ``open_engine``; interleaved per repetition as in bench/run.py, medians.
+- load: ``users`` concurrent clients, each its own profile name and connection, each sending
+  ``requests_per_user`` requests one after the other (every request with a timeout) to one
+  server: completed requests/s, generated tokens/s, p50/p95 latency. The server answers with one
+  engine on one thread, so this is about sequential throughput plus the cost of switching
+  profiles between users (``Engine.use_profile``), which is what it measures.
+
+``python -m bench.serve`` runs only this part on the default model and demo profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fints_edge.errors import FintsEdgeError
+
+TIMEOUT_S = 120.0  # per request; a 16-token answer takes well under a second here
+START_TIMEOUT_S = 60.0  # uvicorn start plus loading the model with the first user's profile
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(np.median(xs))
+
+
+def grown(profile: Any, n_items: int) -> Any:
+    """``profile`` with its items repeated up to ``n_items`` (bench/run.py's 1,000-item profile):
+    a realistic size for the per-request profile switch, with the real items' texts."""
+    p = profile
+    while p.n_items < n_items:
+        take = min(profile.n_items, n_items - p.n_items)
+        p = p.with_items(
+            profile.signals[:take],
+            profile.keys[:take],
+            profile.inputs[:take].tolist(),
+            profile.outputs[:take].tolist(),
+            opening=None if profile.opening is None else profile.opening[:take],
+        )
+    return p
+
+
+def user_profiles(profile_path: Path, folder: Path, users: int, items: int | None) -> list[str]:
+    """``users`` copies of one profile as user0.npz, user1.npz, ... in ``folder``."""
+    from fints_edge.profile import Profile
+
+    names = [f"user{i}" for i in range(users)]
+    src = folder / f"{names[0]}.npz"
+    profile = Profile.load(profile_path)
+    if items is not None and items > profile.n_items:
+        grown(profile, items).save(src)
+    else:
+        shutil.copyfile(profile_path, src)
+    for name in names[1:]:
+        shutil.copyfile(src, folder / f"{name}.npz")
+    return names
+
+
+@contextmanager
+def live_server(settings: Any) -> Iterator[str]:
+    """uvicorn with ``create_app(settings)`` on 127.0.0.1, a port the OS picks; stopped on exit."""
+    import uvicorn
+
+    from fints_edge.serve import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="bench-uvicorn", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not server.started:
+            raise FintsEdgeError("bench: uvicorn did not start on 127.0.0.1 (see the log above)")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        worker = app.state.api.worker
+        while time.monotonic() < deadline:  # the default user's profile loads at start-up
+            st = worker.status()
+            if st["engine_loaded"] and not st["running"] + st["waiting"]:
+                break
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _body(text: str, user: str, knobs: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": text}],
+        "user": user,
+        "max_tokens": max_tokens,
+        "fints": {"steer": True} | knobs,
+    }
+
+
+def _post(client: Any, url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    t0 = time.perf_counter()
+    r = client.post(f"{url}/v1/chat/completions", json=body)
+    data = r.json()
+    dt = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise FintsEdgeError(f"bench: the server answered {r.status_code}: {data}")
+    return dt, data
+
+
+def overhead(
+    url: str, token: str | None, engine: Any, text: str, user: str, knobs: dict[str, Any],
+    max_tokens: int, reps: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Interleaved: the request in-process, then through HTTP, ``reps`` times after a warm-up."""
+    import httpx
+
+    engine.configure(max_tokens=max_tokens, **knobs)  # what the server's chat job does
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = _body(text, user, knobs, max_tokens)
+    runs: dict[str, list[float]] = {"engine": [], "server": []}
+    with httpx.Client(headers=headers, timeout=TIMEOUT_S) as client:
+        local = engine.reply(text, steer=True)  # warm-up, and the answers to compare
+        _, remote = _post(client, url, body)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            engine.reply(text, steer=True)
+            runs["engine"].append(time.perf_counter() - t0)
+            runs["server"].append(_post(client, url, body)[0])
+    engine_ms = _median(runs["engine"]) * 1e3
+    server_ms = _median(runs["server"]) * 1e3
+    return {
+        "engine_ms": engine_ms,
+        "server_ms": server_ms,
+        "overhead_ms": server_ms - engine_ms,
+        "overhead_paired_ms": _median(
+            [(s - e) * 1e3 for s, e in zip(runs["server"], runs["engine"], strict=True)]
+        ),
+        "completion_tokens": int(remote["usage"]["completion_tokens"]),
+        "same_answer": remote["choices"][0]["message"]["content"] == local.text,
+    }
+
+
+def load(
+    url: str, token: str | None, users: list[str], texts: list[str], knobs: dict[str, Any],
+    max_tokens: int, requests_per_user: int,
+) -> dict[str, Any]:  # fmt: skip
+    """``len(users)`` clients at once, each sending its requests one after the other."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    start = threading.Barrier(len(users))
+    done: list[tuple[float, int]] = []  # (latency s, completion tokens), completed requests
+    failed: list[str] = []
+    lock = threading.Lock()
+
+    def client(u: int) -> None:
+        with httpx.Client(headers=headers, timeout=TIMEOUT_S) as c:
+            start.wait(timeout=TIMEOUT_S)
+            for j in range(requests_per_user):
+                text = texts[(u * requests_per_user + j) % len(texts)]
+                try:
+                    dt, data = _post(c, url, _body(text, users[u], knobs, max_tokens))
+                except (httpx.HTTPError, FintsEdgeError, ValueError) as e:
+                    with lock:
+                        failed.append(f"{users[u]}: {type(e).__name__}: {e}")
+                    continue
+                with lock:
+                    done.append((dt, int(data["usage"]["completion_tokens"])))
+
+    threads = [threading.Thread(target=client, args=(u,), daemon=True) for u in range(len(users))]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:  # bounded: every request has its timeout
+        t.join(timeout=TIMEOUT_S * (requests_per_user + 1))
+    wall = time.perf_counter() - t0
+    if any(t.is_alive() for t in threads):
+        failed.append("a client thread did not finish in time")
+    lat_ms = np.array([d for d, _ in done]) * 1e3
+    tokens = sum(n for _, n in done)
+    return {
+        "users": len(users),
+        "requests_per_user": requests_per_user,
+        "completed": len(done),
+        "failed": len(failed),
+        "errors": failed[:3],
+        "wall_s": wall,
+        "requests_per_s": len(done) / wall,
+        "tokens_per_s": tokens / wall,
+        "latency_p50_ms": float(np.percentile(lat_ms, 50)) if len(done) else float("nan"),
+        "latency_p95_ms": float(np.percentile(lat_ms, 95)) if len(done) else float("nan"),
+    }
+
+
+def serve_bench(
+    model: Path,
+    profile_path: Path,
+    texts: Sequence[str],
+    *,
+    reps: int,
+    users: int = 4,
+    requests_per_user: int = 3,
+    max_tokens: int = 16,
+    items: int | None = 1000,
+    threads: int = 1,
+    encoder_dir: Path | None = None,
+    aggregator_path: Path | None = None,
+    token: bool = True,
+    **knobs: Any,
+) -> dict[str, Any]:
+    """Both measurements against one server. ``texts[0]`` is the overhead request; the load
+    requests cycle through ``texts``. ``knobs`` (k, strength, rag) default to the server's."""
+    from fints_edge._paths import default_aggregator_path, default_encoder_dir
+    from fints_edge.serve import Settings, open_engine
+
+    if reps < 1 or users < 1 or requests_per_user < 1 or not texts:
+        raise FintsEdgeError("bench: need reps, users, requests_per_user >= 1 and some texts")
+    with tempfile.TemporaryDirectory(prefix="fints-bench-serve-") as d:
+        profiles = Path(d) / "profiles"
+        profiles.mkdir()
+        names = user_profiles(profile_path, profiles, users, items)
+        s = Settings(
+            model=Path(model),
+            profiles_dir=profiles,
+            encoder_dir=encoder_dir or default_encoder_dir(),
+            aggregator_path=aggregator_path or default_aggregator_path(),
+            token=secrets.token_urlsafe(32) if token else None,
+            max_tokens=max_tokens,
+            threads=threads,
+            default_user=names[0],
+            max_waiting=max(4, users),  # every client's request may wait; none is refused
+        )
+        knobs = {"k": s.k, "strength": s.strength, "rag": s.rag} | knobs
+        with live_server(s) as url, open_engine(s, profiles / f"{names[0]}.npz") as engine:
+            over = overhead(url, s.token, engine, texts[0], names[0], knobs, max_tokens, reps)
+            under_load = load(
+                url, s.token, names, list(texts), knobs, max_tokens, requests_per_user
+            )
+        n_items = engine.profile.n_items
+    return {
+        "mode": s.mode,
+        "threads": threads,
+        "max_tokens": max_tokens,
+        "reps": reps,
+        "profile_items": n_items,
+        "auth": token,
+        **knobs,
+        **over,
+        **{f"load_{k}": v for k, v in under_load.items()},
+    }
+
+
+def headline(out: dict[str, Any]) -> dict[str, float]:
+    """The keys bench/results.json carries at its top level."""
+    n = out["load_users"]
+    return {
+        "serve_overhead_ms": out["overhead_ms"],
+        f"serve_throughput_{n}users": out["load_requests_per_s"],
+        f"serve_tokens_per_s_{n}users": out["load_tokens_per_s"],
+        f"serve_latency_p50_ms_{n}users": out["load_latency_p50_ms"],
+        f"serve_latency_p95_ms_{n}users": out["load_latency_p95_ms"],
+    }
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """The README section (bench/run.py's render_readme adds it when results have ``serve``)."""
+    s = r["serve"]
+    n, per = s["load_users"], s["load_requests_per_user"]
+    rows = [
+        ("serve_overhead_ms", s["overhead_ms"], "ms", "HTTP server median minus in-process `Engine` "
+         f"median, the same steered request ({s['completion_tokens']} tokens; paired median "
+         f"{s['overhead_paired_ms']:.1f} ms)"),
+        ("serve.server_ms", s["server_ms"], "ms", "median, non-streamed, through uvicorn on 127.0.0.1 "
+         "with the bearer token, one kept-alive connection"),
+        ("serve.engine_ms", s["engine_ms"], "ms", "median, `Engine.reply` in-process, same knobs"),
+        (f"serve_throughput_{n}users", s["load_requests_per_s"], "req/s", f"{n} concurrent "
+         f"clients x {per} requests each, completed requests per second of wall time"),
+        (f"serve_tokens_per_s_{n}users", s["load_tokens_per_s"], "tok/s", "generated tokens "
+         "per second under that load"),
+        (f"serve_latency_p50_ms_{n}users", s["load_latency_p50_ms"], "ms", "request latency under "
+         "that load, median (includes waiting in the queue)"),
+        (f"serve_latency_p95_ms_{n}users", s["load_latency_p95_ms"], "ms", "95th percentile "
+         f"(linear interpolation over {s['load_completed']} requests)"),
+    ]  # fmt: skip
+    lines = [
+        "",
+        f"## Local server ({s['mode']} mode, threads={s['threads']}, {s['max_tokens']} tokens, greedy)",
+        "",
+        f"Users: {n} copies of the demo profile grown to {s['profile_items']:,} items (as for the "
+        f"profile size) under {n} names, so every request of the load test switches the engine "
+        "to another user's profile (`Engine.use_profile`: load + index build). The engine runs "
+        "on one worker thread, so requests queue and throughput is that of sequential answers; "
+        f"knobs k={s['k']}, strength={s['strength']:g}, rag={s['rag']}. No target: these figures "
+        "say what the HTTP layer and the queue add, not what a phone must reach.",
+        "",
+        "| key | value | unit | what |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{k}` | {v:.2f} | {u} | {what} |" for k, v, u, what in rows]
+    if not s["same_answer"]:
+        lines.append("\nWARNING: the server's answer differed from the in-process one.")
+    if s["load_failed"]:
+        lines.append(f"\nWARNING: {s['load_failed']} requests failed: {s['load_errors']}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions (default: 7)")
+    p.add_argument("--users", type=int, default=4, help="concurrent clients (default: 4)")
+    p.add_argument("--requests", type=int, default=3, help="requests per client (default: 3)")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        help="add the figures to this results.json and re-render the README beside it",
+    )
+    args = p.parse_args(argv)
+    from export.demo import TASK, ensure_profile, snippets
+    from fints_edge._paths import default_gguf
+
+    texts = [TASK + s for s in snippets("test")]
+    out = serve_bench(
+        default_gguf(), ensure_profile(), texts, reps=args.reps, users=args.users,
+        requests_per_user=args.requests,
+    )  # fmt: skip
+    print(json.dumps(out, indent=2))
+    if args.merge:
+        from bench.run import render_readme
+
+        results = json.loads(args.merge.read_text()) | {"serve": out} | headline(out)
+        args.merge.write_text(json.dumps(results, indent=2) + "\n")
+        (args.merge.parent / "README.md").write_text(render_readme(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
