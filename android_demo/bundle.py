@@ -15,7 +15,6 @@ Run from the project's venv: ``python android_demo/bundle.py --profile demo=me.n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shlex
 import shutil
@@ -27,6 +26,8 @@ import zipfile
 from collections.abc import Sequence
 from importlib.metadata import requires, version
 from pathlib import Path
+
+from fints_edge.zoo import sha256_of
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -114,17 +115,9 @@ exec "$PY" -m fints_edge.serve --model "$here/model/{model_name}" \\
 """
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path) -> Path:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS")
-    lines = [f"{sha256(p)}  {p.relative_to(folder).as_posix()}\n" for p in files]
+    lines = [f"{sha256_of(p)}  {p.relative_to(folder).as_posix()}\n" for p in files]
     out = folder / "SHA256SUMS"
     out.write_text("".join(lines))
     return out

@@ -16,14 +16,6 @@ from typing import Any
 from fints_edge._paths import cache_dir
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_key(**parts: Any) -> str:
     """A short stable hash of the JSON-able parts that decide a run's answers."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evals.cache import RunCache, file_sha256, run_key
+from evals.cache import RunCache, run_key
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
 from evals.personas import DEFAULT_STYLES, load_pool, make_dataset
 from evals.run import Runner, Setting, UserData
@@ -38,6 +38,7 @@ from fints_edge._cli import cli_main
 from fints_edge._paths import default_gguf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITES
+from fints_edge.zoo import sha256_of
 
 LONGLAMP_MINI = Path(__file__).resolve().parents[2] / "shared/data/longlamp_abstract_mini"
 LONGLAMP_FILE = "abstract_generation_mini.json"
@@ -91,14 +92,15 @@ class Evaluation:
         from fints_edge.model import n_layers, open_llama
 
         self.args, self.plan, self.model = args, plan, model
-        self.sha256 = file_sha256(model)
+        self.sha256 = sha256_of(model)
         spec_text = Path(args.styles).read_text(encoding="utf-8")
         cond_text = Path(args.conditional).read_text(encoding="utf-8")
         self.cache = RunCache(run_key(model=self.sha256, plan=asdict(plan), styles=spec_text,
                                       conditional=cond_text, seed=args.seed, version=2))  # fmt: skip
         self.styles = {s.name: s for s in styles}
         self.encoder = Encoder(default_encoder_dir(), threads=args.threads)
-        self.scoring = Scoring(self.styles, model, self.encoder, threads=args.threads)
+        self.scoring = Scoring(self.styles, model, self.encoder, threads=args.threads,
+                               ppl_file=self.cache.folder / "perplexity.jsonl")  # fmt: skip
         llm = open_llama(model, n_ctx=64)
         self.n_layer = n_layers(llm)
         llm.close()
@@ -157,7 +159,10 @@ class Evaluation:
 
     # -- answers ----------------------------------------------------------------------------------
     def answer(self, bench: str, users: Sequence[UserData], split: str, method: str,
-               s: Setting, *, limit: int | None = None, desc: str = "") -> list[dict]:  # fmt: skip
+               s: Setting, *, limit: int | None = None, desc: str = "",
+               cache_as: str | None = None) -> list[dict]:  # fmt: skip
+        """Answers of ``method`` (cached under ``cache_as`` when the same method runs with
+        other profiles, e.g. torch-built ones)."""
         assert self.runner is not None
         out = []
         todo = [(u, r) for u in users if u.user in self.profiles
@@ -168,7 +173,7 @@ class Evaluation:
         )
         for n, (u, row) in enumerate(tqdm(todo, desc=desc or f"{bench} {split} {method}",
                                           unit="answer", leave=False)):  # fmt: skip
-            key = self.cache.key(bench, split, method, label, u.user, row["input"])
+            key = self.cache.key(bench, split, cache_as or method, label, u.user, row["input"])
             got = self.cache.get(key)
             if got is None:
                 if self.profiles[u.user] != current:
@@ -333,7 +338,8 @@ def torch_profile_answers(ev: Evaluation, name: str, users: Sequence[UserData],
                 hist = write_history(u.items(), ev.cache.profiles / f"{name}-{u.user}.jsonl")
                 build_profile(ev.model, hist, path, opts)
             ev.profiles[u.user] = path
-        got = ev.answer(name, users, "test", "fints-exact", best, desc="fints-torch-profile")
+        got = ev.answer(name, users, "test", "fints-exact", best, desc="fints-torch-profile",
+                        cache_as="fints-torch-profile")  # fmt: skip
     finally:
         ev.profiles.update(device)
     for p in got:

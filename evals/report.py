@@ -133,17 +133,14 @@ def fluency_examples(preds: Sequence[dict], n: int = 5) -> list[str]:
     steered = [p for p in preds if p["method"] in STEERED and "fluency_failures" in p]
     rejected = [p for p in steered if p["fluency_failures"]]
     accepted = [p for p in steered if not p["fluency_failures"] and p.get("adherence")]
-    # varied examples: one per failure reason first, then the most repetitive
+    # varied examples: the first of each kind of failure, then the rest, most failures first
     rejected.sort(key=lambda p: (-len(p["fluency_failures"]), -p["repetition"]))
-    seen: set[str] = set()
-    picked = []
+    firsts, rest, seen = [], [], set()
     for p in rejected:
-        reason = p["fluency_failures"][0]
-        if reason not in seen or len(picked) >= len(seen) * 2:
-            picked.append(p)
-            seen.add(reason)
-        if len(picked) == n:
-            break
+        kind = ", ".join(p["fluency_failures"])
+        (rest if kind in seen else firsts).append(p)
+        seen.add(kind)
+    picked = (firsts + rest)[:n]
     lines = ["| verdict | method | why | repetition | perplexity | topic | answer |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for tag, rows in (("rejected", picked), ("accepted", accepted[:n])):

@@ -10,6 +10,7 @@ cost: ``added_prompt_tokens`` (over zero-shot, same inputs), ``first_token_ms`` 
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,12 +31,22 @@ class Scoring:
     """Adds every per-answer score to prediction dicts (in place)."""
 
     def __init__(self, styles: Mapping[str, Style], model: Path, encoder: Any,
-                 threads: int | None = None) -> None:  # fmt: skip
+                 threads: int | None = None, ppl_file: Path | None = None) -> None:  # fmt: skip
+        """``ppl_file``: perplexities kept across runs (JSON lines), so a resumed run does not
+        recompute them."""
         self.text = TextScorer()
         self.styles = styles
         self.encoder = encoder
         self._ppl = Perplexity(model, threads=threads)
         self._ppl_cache: dict[tuple[str, str], float] = {}
+        self._ppl_file = ppl_file
+        if ppl_file is not None and ppl_file.is_file():
+            for line in ppl_file.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    self._ppl_cache[(row["input"], row["answer"])] = float(row["perplexity"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a crash
         self.rule: FluencyRule | None = None
 
     def close(self) -> None:
@@ -49,6 +60,10 @@ class Scoring:
         key = (text, answer)
         if key not in self._ppl_cache:
             self._ppl_cache[key] = self._ppl(text, answer)
+            if self._ppl_file is not None:
+                with self._ppl_file.open("a", encoding="utf-8") as f:
+                    row = {"input": text, "answer": answer, "perplexity": self._ppl_cache[key]}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
         return self._ppl_cache[key]
 
     def score(self, preds: list[dict], unsteered: Mapping[tuple[str, str], str]) -> list[dict]:
