@@ -11,8 +11,8 @@ import pytest
 
 from export.tiny import EXACT_KV
 from fints_edge.inject import CallbackInjector, CvecInjector, open_steerable, steered, tensor_name
+from tests._parity import llama_run, random_vectors, torch_logits
 
-N_GEN = 20
 TOL = 1e-3
 
 
@@ -37,30 +37,6 @@ def engines(tiny):
         llm.close()
 
 
-def _vectors(tiny, sites, layers, scale=2.0, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.normal(size=(len(sites), len(layers), tiny.n_embd)) * scale).astype(np.float32)
-
-
-def _llama_run(llm, prompt: list[int]) -> tuple[list[int], np.ndarray]:
-    """Prompt in one batch, then N_GEN greedy tokens one at a time; logits at every position."""
-    llm.reset()
-    llm.eval(prompt)
-    tokens = list(prompt)
-    for _ in range(N_GEN):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        tokens.append(nxt)
-        llm.eval([nxt])
-    return tokens, np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
-
-
-def _torch_logits(hf, tokens, vectors, sites, layers, strength=1.0):
-    from export.reference import logits, vectors_from_array
-
-    mapping = None if vectors is None else vectors_from_array(vectors, sites, layers)
-    return logits(hf, tokens, mapping, strength)
-
-
 def _prompt(llm):
     return llm.tokenize(b"The quick brown fox jumps over the lazy dog.", add_bos=False)
 
@@ -78,20 +54,20 @@ def _prompt(llm):
 )
 def test_injection_parity_with_torch_reference(tiny, hf, engines, mode, sites, layers):
     llm, injector = engines[mode]
-    v = _vectors(tiny, sites, layers)
+    v = random_vectors(tiny, sites, layers)
     prompt = _prompt(llm)
-    _, base = _llama_run(llm, prompt)
+    _, base = llama_run(llm, prompt)
     with steered(injector, v, sites, layers):
-        tokens, got = _llama_run(llm, prompt)
-    want = _torch_logits(hf, tokens, v, sites, layers)
-    unsteered_torch = _torch_logits(hf, tokens, None, sites, layers)
+        tokens, got = llama_run(llm, prompt)
+    want = torch_logits(hf, tokens, v, sites, layers)
+    unsteered_torch = torch_logits(hf, tokens, None, sites, layers)
     moved = np.abs(want - unsteered_torch).max()
     assert moved > 0.1, "the vectors must move the logits, or this test could not fail"
     assert np.abs(got - want).max() < TOL, (
         f"max |diff| {np.abs(got - want).max():.2e} (steering moved {moved:.2f})"
     )
     # cleared afterwards: the base logits come back exactly
-    _, again = _llama_run(llm, prompt)
+    _, again = llama_run(llm, prompt)
     np.testing.assert_array_equal(again[: len(prompt)], base[: len(prompt)])
 
 
@@ -99,14 +75,14 @@ def test_attention_site_in_cvec_mode_is_only_approximate(tiny, hf, engines):
     """cvec adds v_attn at the layer output, so the MLP of that layer never sees it."""
     llm, injector = engines["cvec"]
     sites, layers = ("attn",), (2,)
-    v = _vectors(tiny, sites, layers)
+    v = random_vectors(tiny, sites, layers)
     prompt = _prompt(llm)
     with steered(injector, v, sites, layers):
         llm.reset()
         llm.eval(prompt)
         got = np.array(llm.scores[: len(prompt)])
-    want = _torch_logits(hf, prompt, v, sites, layers)
-    base = _torch_logits(hf, prompt, None, sites, layers)
+    want = torch_logits(hf, prompt, v, sites, layers)
+    base = torch_logits(hf, prompt, None, sites, layers)
     err, effect = np.abs(got - want).max(), np.abs(want - base).max()
     print(
         f"attention site via cvec: max |logit error| {err:.3f} for a steering effect of {effect:.3f}"
@@ -119,17 +95,17 @@ def test_strength_zero_and_zero_vectors_leave_logits_bit_identical(tiny, engines
     for mode in ("cvec", "exact"):
         llm, injector = engines[mode]
         prompt = _prompt(llm)
-        _, base = _llama_run(llm, prompt)
+        _, base = llama_run(llm, prompt)
         zeros = np.zeros((2, 1, tiny.n_embd), np.float32)
         with steered(injector, zeros, ("attn", "mlp"), (2,)):
-            _, got = _llama_run(llm, prompt)
+            _, got = llama_run(llm, prompt)
         np.testing.assert_array_equal(got, base)
 
 
 def test_cvec_buffer_rows_follow_llama_numbering(tiny, engines):
     _, injector = engines["cvec"]
     assert isinstance(injector, CvecInjector)
-    v = _vectors(tiny, ("attn", "mlp"), (1, 3))
+    v = random_vectors(tiny, ("attn", "mlp"), (1, 3))
     buf = injector.buffer(v, ("attn", "mlp"), (1, 3))
     assert buf.shape == (tiny.n_layer, tiny.n_embd)
     np.testing.assert_array_equal(buf[0], v[0, 0] + v[1, 0])  # HF layer 1 -> row 0
@@ -143,7 +119,7 @@ def test_callback_targets_the_documented_tensors(tiny, engines):
     assert tensor_name("attn", 5) == "ffn_inp-5" and tensor_name("mlp", 5) == "l_out-5"
     llm, _ = engines["exact"]
     injector.calls = 0
-    with steered(injector, _vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
+    with steered(injector, random_vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
         llm.reset()
         llm.eval(_prompt(llm))
     assert injector.calls == 2  # one batch, two tensors
@@ -164,15 +140,15 @@ def test_opening_injection_parity_with_torch_reference(tiny, hf, engines):
 
     llm, injector = engines["exact"]
     sites, layers = ("attn", "mlp"), (1, 3)  # 3 is the last layer
-    v = _vectors(tiny, sites, layers, scale=1.0, seed=1)
-    first = _vectors(tiny, sites, layers, scale=3.0, seed=2)
+    v = random_vectors(tiny, sites, layers, scale=1.0, seed=1)
+    first = random_vectors(tiny, sites, layers, scale=3.0, seed=2)
     prompt = _prompt(llm)
     window = (len(prompt) - 1, 3)
     with steered(injector, v, sites, layers):
-        _, plain = _llama_run(llm, prompt)
+        _, plain = llama_run(llm, prompt)
         injector.set_opening(first, sites, layers, *window)
         injector.rewind()
-        tokens, got = _llama_run(llm, prompt)
+        tokens, got = llama_run(llm, prompt)
     assert not injector.active
     want = logits(
         hf,

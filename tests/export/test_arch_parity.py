@@ -23,8 +23,8 @@ import torch
 
 from export.tiny import EXACT_KV, TINY_ARCHS, make_tiny_model
 from fints_edge.inject import CallbackInjector, CvecInjector, open_steerable, steered
+from tests._parity import llama_run, random_vectors, torch_logits
 
-N_GEN = 20
 TOL = 1e-3
 N_LAYERS = {"llama": 4, "qwen2": 4, "mistral": 4, "gemma3": 6}  # gemma3: layer 5 is global
 # Device vs torch signals: ~1e-7 where llama.cpp computes in f32 throughout. gemma3's GELU table
@@ -94,30 +94,6 @@ def arch_model(request, tmp_path_factory):
         llm.close()
 
 
-def _vectors(tiny, sites, layers, scale=2.0, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.normal(size=(len(sites), len(layers), tiny.n_embd)) * scale).astype(np.float32)
-
-
-def _llama_run(llm, prompt: list[int]) -> tuple[list[int], np.ndarray]:
-    """Prompt in one batch, then N_GEN greedy tokens one at a time; logits at every position."""
-    llm.reset()
-    llm.eval(prompt)
-    tokens = list(prompt)
-    for _ in range(N_GEN):
-        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        tokens.append(nxt)
-        llm.eval([nxt])
-    return tokens, np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
-
-
-def _torch_logits(hf, tokens, vectors, sites, layers) -> np.ndarray:
-    from export.reference import logits, vectors_from_array
-
-    mapping = None if vectors is None else vectors_from_array(vectors, sites, layers)
-    return logits(hf, tokens, mapping)
-
-
 def _prompt(llm) -> list[int]:
     return llm.tokenize(b"The quick brown fox jumps over the lazy dog. It was", add_bos=False)
 
@@ -137,18 +113,18 @@ def test_injection_parity_every_arch(arch_model):
     report = []
     for mode, sites, layers in _cases(tiny.n_layer):
         llm, injector = engines[mode]
-        v = _vectors(tiny, sites, layers)
+        v = random_vectors(tiny, sites, layers)
         prompt = _prompt(llm)
-        _, base = _llama_run(llm, prompt)
+        _, base = llama_run(llm, prompt)
         with steered(injector, v, sites, layers):
-            tokens, got = _llama_run(llm, prompt)
-        want = _torch_logits(hf, tokens, v, sites, layers)
-        moved = np.abs(want - _torch_logits(hf, tokens, None, sites, layers)).max()
+            tokens, got = llama_run(llm, prompt)
+        want = torch_logits(hf, tokens, v, sites, layers)
+        moved = np.abs(want - torch_logits(hf, tokens, None, sites, layers)).max()
         err = np.abs(got - want).max()
         report.append(f"{arch} {mode} {'+'.join(sites)} @ {layers}: {err:.1e} (moved {moved:.2f})")
         assert moved > 0.1, f"the vectors must move the logits, or this could not fail: {report}"
         assert err < TOL, report
-        _, again = _llama_run(llm, prompt)  # cleared: the base logits come back exactly
+        _, again = llama_run(llm, prompt)  # cleared: the base logits come back exactly
         np.testing.assert_array_equal(again[: len(prompt)], base[: len(prompt)])
     print("\n".join(report))
 
@@ -157,14 +133,14 @@ def test_parity_attention_site_in_cvec_mode_is_only_approximate(arch_model):
     arch, tiny, hf, _, engines = arch_model
     llm, injector = engines["cvec"]
     sites, layers = ("attn",), (tiny.n_layer // 2,)
-    v = _vectors(tiny, sites, layers)
+    v = random_vectors(tiny, sites, layers)
     prompt = _prompt(llm)
     with steered(injector, v, sites, layers):
         llm.reset()
         llm.eval(prompt)
         got = np.array(llm.scores[: len(prompt)])
-    want = _torch_logits(hf, prompt, v, sites, layers)
-    base = _torch_logits(hf, prompt, None, sites, layers)
+    want = torch_logits(hf, prompt, v, sites, layers)
+    base = torch_logits(hf, prompt, None, sites, layers)
     err, effect = np.abs(got - want).max(), np.abs(want - base).max()
     assert 10 * TOL < err < effect, f"{arch}: error {err:.3f} for an effect of {effect:.3f}"
 
@@ -177,7 +153,7 @@ def test_parity_callback_targets_the_table_tensors(arch_model):
     assert isinstance(injector, CallbackInjector) and isinstance(engines["cvec"][1], CvecInjector)
     assert injector.graph is ARCHS[tiny.arch]  # mistral -> the llama graph
     injector.calls = 0
-    with steered(injector, _vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
+    with steered(injector, random_vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
         llm.reset()
         llm.eval(_prompt(llm))
     assert injector.calls == 2, arch  # one batch, two tensors found by name in the graph
@@ -226,11 +202,11 @@ def test_parity_gemma3_gelu_table_is_the_whole_gap(tmp_path):
     llm, _ = open_steerable(tiny.gguf_path, "cvec", n_ctx=128, n_threads=1, logits_all=True,
                             **EXACT_KV)  # fmt: skip
     try:
-        tokens, got = _llama_run(llm, _prompt(llm))
+        tokens, got = llama_run(llm, _prompt(llm))
     finally:
         llm.close()
-    plain = np.abs(got - _torch_logits(_load_hf(tiny, False)[0], tokens, None, (), ())).max()
-    table = np.abs(got - _torch_logits(_load_hf(tiny, True)[0], tokens, None, (), ())).max()
+    plain = np.abs(got - torch_logits(_load_hf(tiny, False)[0], tokens, None, (), ())).max()
+    table = np.abs(got - torch_logits(_load_hf(tiny, True)[0], tokens, None, (), ())).max()
     print(f"gemma3 unsteered: torch GELU {plain:.1e}, llama.cpp's GELU table {table:.1e}")
     assert table < 0.5 * plain and table < TOL and plain < 1e-2
 
@@ -283,12 +259,12 @@ def test_parity_direct_writer_equals_llama_cpp_converter(arch_model, tmp_path):
     llm = open_llama(official, n_ctx=128, n_threads=1, logits_all=True, **EXACT_KV)
     try:
         prompt = _prompt(llm)
-        _, got = _llama_run(llm, prompt)
+        _, got = llama_run(llm, prompt)
     finally:
         llm.close()
     direct = engines["cvec"][0]
     assert _prompt(direct) == prompt  # the same vocabulary and pre-tokenizer
-    _, want = _llama_run(direct, prompt)
+    _, want = llama_run(direct, prompt)
     np.testing.assert_array_equal(got, want)
 
 
