@@ -18,10 +18,11 @@ from dataclasses import fields
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITE_CHOICES, parse_sites
+from fints_edge.scaling import STRENGTH_UNITS
 
 HELP = """commands:
   /steer on|off     turn personal steering on or off
-  /strength X       steering strength (multiplier of the aggregated signal)
+  /strength X       steering strength (in --strength-unit: a share of the residual by default)
   /k N              how many history items to retrieve
   /rag N            how many retrieved items to show the model as earlier turns (0 = none)
   /opening X        opening-signal strength where the answer starts (0 = off; exact mode)
@@ -65,7 +66,56 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.mode,
         help=f"exact = eval-callback Pulse-and-Re-Pulse; cvec = built-in control vector (default: {d.mode})",
     )
-    steer.add_argument("--strength", type=float, default=d.strength, help=f"default: {d.strength}")
+    steer.add_argument(
+        "--strength",
+        type=float,
+        default=d.strength,
+        help=f"in --strength-unit units (default: {d.strength:g})",
+    )
+    steer.add_argument(
+        "--strength-unit",
+        choices=STRENGTH_UNITS,
+        default=d.strength_unit,
+        help="absolute = a multiplier of the aggregated signal; residual = a share of the "
+        f"layer's residual-stream norm for a typical item, comparable across models (default: {d.strength_unit})",
+    )
+    steer.add_argument(
+        "--prompt-strength",
+        type=float,
+        default=d.prompt_strength,
+        metavar="X",
+        help="share of the steering on the prompt; 0 = steer the answer only "
+        f"(default: {d.prompt_strength:g})",
+    )
+    steer.add_argument(
+        "--item-norm",
+        action=argparse.BooleanOptionalAction,
+        default=d.item_norm,
+        help="give each retrieved item's signal the same norm before averaging",
+    )
+    steer.add_argument(
+        "--keep-norm",
+        dest="preserve_norm",
+        action=argparse.BooleanOptionalAction,
+        default=d.preserve_norm,
+        help="rescale each steered hidden state to its unsteered norm (exact mode)",
+    )
+    steer.add_argument(
+        "--block-repeats",
+        type=int,
+        default=d.block_repeats,
+        metavar="N",
+        help="a steered answer may not repeat a sequence of N tokens it already wrote; 0 = off "
+        f"(default: {d.block_repeats})",
+    )
+    steer.add_argument(
+        "--repeat-fade",
+        type=float,
+        default=d.repeat_fade,
+        metavar="F",
+        help="multiply the steering by F each time the answer repeats itself; 1 = off "
+        f"(default: {d.repeat_fade:g})",
+    )
     steer.add_argument(
         "-k",
         "--top-k",
@@ -175,9 +225,19 @@ def check_flags(args: argparse.Namespace) -> None:
         ("--strength", args.strength),
         ("--opening-strength", args.opening_strength),
         ("--temperature", args.temperature),
+        ("--prompt-strength", args.prompt_strength),
+        ("--repeat-fade", args.repeat_fade),
     ):
         if not math.isfinite(value):
             raise FintsEdgeError(f"{flag} must be a finite number, got {value}")
+    if args.block_repeats < 0 or args.block_repeats == 1:
+        raise FintsEdgeError("--block-repeats takes 0 (off) or an n-gram size of 2 or more")
+    if not 0 <= args.repeat_fade <= 1 or args.prompt_strength < 0:
+        raise FintsEdgeError("--repeat-fade must be in [0, 1] (1 = off), --prompt-strength >= 0")
+    if args.mode == "cvec" and args.preserve_norm:
+        raise FintsEdgeError(
+            "--keep-norm acts inside the graph: use --mode exact or --no-keep-norm"
+        )
     if args.temperature < 0:
         raise FintsEdgeError("--temperature must be >= 0 (0 = uniform weights)")
 

@@ -20,7 +20,8 @@ from fints_edge._paths import default_aggregator_path, default_encoder_dir
 from fints_edge.aggregate import AggregateParams, OnnxAggregator
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
-from fints_edge.generate import Generation
+from fints_edge.fade import RepeatBlock, RepeatFade
+from fints_edge.generate import Generation, prefill
 from fints_edge.history import HistoryItem
 from fints_edge.index import Index
 from fints_edge.inject import MODES, CallbackInjector, Mode, open_steerable, steered
@@ -28,6 +29,13 @@ from fints_edge.layers import Site
 from fints_edge.model import check_gguf, identity_from_llama
 from fints_edge.profile import Profile
 from fints_edge.prompt import prompt_tokens
+from fints_edge.scaling import (
+    StrengthUnit,
+    check_unit,
+    item_normalised,
+    relative_factor,
+    typical_norms,
+)
 
 if TYPE_CHECKING:  # learning pulls in rouge-score; chat-only sessions do not pay for it
     from fints_edge.learn import Learner
@@ -37,13 +45,20 @@ RagFormat = Literal["turns", "inline"]
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Per-request knobs. K, strength, uniform weights (temperature 0) and the layer
-    (``layers.default_layer``) come from the dev sweep of `make eval` on SmolLM2-135M
-    (docs/eval/README.md); neighbouring values were within one dev answer of them."""
+    """Per-request knobs. The steering defaults are the setting `make eval` chose on the dev
+    split on SmolLM2-135M (docs/eval/README.md: layer 20 of 30 = ``layers.default_layer``,
+    attention site = ``layers.DEFAULT_SITES``, strength 0.25 of the residual norm, K 3, uniform
+    weights, per-item normalisation, the repeat fade at 0.5, no repeated token 4-grams)."""
 
     mode: Mode = "exact"
     k: int = 3
-    strength: float = 2.0
+    strength: float = 0.25
+    strength_unit: StrengthUnit = "residual"  # a share of the layer's residual norm; "absolute"
+    item_norm: bool = True  # rescale each retrieved signal to the profile's typical norm first
+    prompt_strength: float = 1.0  # share of the steering on the prompt but its last token
+    preserve_norm: bool = False  # keep each steered hidden state's norm (exact mode)
+    repeat_fade: float = 0.5  # steering x this at each repeated token 4-gram; 1 = off
+    block_repeats: int = 4  # steered answers may not repeat a token n-gram of this size; 0 = off
     temperature: float = 0.0  # aggregation softmax temperature; 0 = uniform mean (paper default)
     sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
     sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate
@@ -142,6 +157,10 @@ class Engine:
             self._stack.close()
             raise
         self._learner: Learner | None = None
+        self._typical: tuple[Profile, np.ndarray] | None = None
+        # float32 [S, L, n_embd] subtracted from every item signal before aggregation: what a
+        # reference set of other users shares (mean-centring); None = off
+        self.center: np.ndarray | None = None
         self._extract_ctx: tuple[Any, Any] | None = None  # (llm, injector) with the eval callback
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -179,13 +198,28 @@ class Engine:
             raise FintsEdgeError(
                 "opening steering needs position-scoped injection: use --mode exact"
             )
+        if c.preserve_norm and c.mode != "exact":
+            raise FintsEdgeError(
+                "norm preservation acts inside the graph: use --mode exact, or --no-keep-norm"
+            )
+        check_unit(c.strength_unit)
+        if c.block_repeats < 0 or c.block_repeats == 1:
+            raise FintsEdgeError(
+                f"block_repeats {c.block_repeats}: an n-gram size of 2 or more, or 0 (off)"
+            )
+        if not (0.0 <= c.repeat_fade <= 1.0 and c.prompt_strength >= 0.0):
+            raise FintsEdgeError(
+                f"repeat fade {c.repeat_fade} must be in [0, 1] (1 = off) and prompt strength "
+                f"{c.prompt_strength} >= 0"
+            )
         if c.opening_window < 1:
             raise FintsEdgeError(
                 f"the opening window must be >= 1 position, got {c.opening_window}"
             )
         if not c.half_life_days >= 0:
             raise FintsEdgeError(f"half-life must be >= 0 days (0 = off), got {c.half_life_days}")
-        knobs = ("strength", "temperature", "sim_floor", "sim_full", "opening_strength")
+        knobs = ("strength", "temperature", "sim_floor", "sim_full", "opening_strength",
+                 "prompt_strength")  # fmt: skip
         odd = [f"{n} {getattr(c, n)}" for n in knobs if not math.isfinite(getattr(c, n))]
         if odd:
             raise FintsEdgeError(f"{', '.join(odd)}: these must be finite numbers")
@@ -208,8 +242,13 @@ class Engine:
             sim_full=c.sim_full,
             item_weights=recency_weights(self.profile.timestamps, ids, c.half_life_days),
         )
-        agg = self.aggregator(sims, self.profile.signals[ids], params)  # float16 [K, S, L, n_embd]
-        vectors = self.select(agg.vectors)
+        signals = self.profile.signals[ids]  # float16 [K, S, L, n_embd]
+        if self.center is not None:
+            signals = signals.astype(np.float32) - self.center
+        if c.item_norm:
+            signals = item_normalised(signals, self._typical_norms())
+        agg = self.aggregator(sims, signals, params)
+        vectors = self.select(self._in_unit(agg.vectors))
         opening = None
         if c.opening_strength and self.profile.opening is not None:
             params = replace(params, strength=c.opening_strength)
@@ -236,6 +275,30 @@ class Engine:
             "aggregate": (t3 - t2) * 1e3,
         }
         return Plan(vectors, retrieved, float(agg.gate), timings, opening)
+
+    def user_vector(self) -> np.ndarray:
+        """The static (CAA-style) baseline under the current config: the mean of ALL the user's
+        signals, normalised, scaled and selected like a request's aggregate."""
+        c, signals = self.config, self.profile.signals
+        if self.center is not None:
+            signals = signals.astype(np.float32) - self.center
+        if c.item_norm:
+            signals = item_normalised(signals, self._typical_norms())
+        mean = np.asarray(signals, dtype=np.float32).mean(axis=0) * np.float32(c.strength)
+        return self.select(self._in_unit(mean)).astype(np.float32)
+
+    def _in_unit(self, vectors: np.ndarray) -> np.ndarray:
+        """[S, L, E] already x strength -> x residual norm / typical norm in "residual" units."""
+        if self.config.strength_unit == "absolute":
+            return vectors
+        factor = relative_factor(self.profile.residual_norms, self._typical_norms())  # [S, L]
+        return (vectors * factor[:, :, None]).astype(np.float32)
+
+    def _typical_norms(self) -> np.ndarray:
+        """[S, L], computed once per profile version (learning and forgetting replace it)."""
+        if self._typical is None or self._typical[0] is not self.profile:
+            self._typical = (self.profile, typical_norms(self.profile.signals))
+        return self._typical[1]
 
     def select(self, vectors: np.ndarray) -> np.ndarray:
         """Zero the sites and layers the config leaves out (zero vectors are never injected)."""
@@ -283,10 +346,25 @@ class Engine:
         opening = plan.opening if (steer and plan is not None) else None
         self._fresh_context()  # never reuse KV computed under different steering
         callback = self.injector if isinstance(self.injector, CallbackInjector) else None
-        gen = Generation(self.llm, prompt, c.max_tokens, seed=c.seed, injector=callback)
+        fade = block = None  # loop guards of steered answers: nothing to guard at strength 0
+        if vectors is not None and vectors.any() and c.repeat_fade < 1.0:
+            fade = RepeatFade(self.injector, c.repeat_fade)
+        if vectors is not None and vectors.any() and c.block_repeats:
+            block = RepeatBlock(c.block_repeats, len(prompt))
+        gen = Generation(
+            self.llm,
+            prompt,
+            c.max_tokens,
+            seed=c.seed,
+            injector=callback,
+            on_token=fade,
+            logits_processor=block,
+        )
         pieces: list[str] = []
         try:
             with self._steering(vectors, opening, len(prompt)):  # cleared however this ends
+                if vectors is not None and callback is None and c.prompt_strength != 1.0:
+                    self._prefill_scaled(prompt)
                 t_apply = (time.perf_counter() - t0) * 1e3
                 for piece in gen:
                     pieces.append(piece)
@@ -320,6 +398,7 @@ class Engine:
         self.profile_path, self.profile = Path(profile_path), profile
         self.index = Index(profile.keys)
         self._learner = None
+        self.center = None  # it was another user's reference
         return profile
 
     # -- learning on the device ---------------------------------------------------------------
@@ -389,12 +468,31 @@ class Engine:
         if vectors is None:
             yield  # nothing to set, nothing to clear
             return
-        sites, layers = self.profile.sites, self.profile.layers.tolist()
+        c, sites, layers = self.config, self.profile.sites, self.profile.layers.tolist()
         with steered(self.injector, vectors, sites, layers):  # clears the opening too
-            if opening is not None and isinstance(self.injector, CallbackInjector):
-                window = self.config.opening_window
-                self.injector.set_opening(opening, sites, layers, prompt_len - 1, window)
-            yield
+            if isinstance(self.injector, CallbackInjector):
+                self.injector.set_prompt_scale(prompt_len - 1, c.prompt_strength)
+                self.injector.preserve_norm = c.preserve_norm
+                if opening is not None:
+                    window = c.opening_window
+                    self.injector.set_opening(opening, sites, layers, prompt_len - 1, window)
+            try:
+                yield
+            finally:
+                if isinstance(self.injector, CallbackInjector):
+                    self.injector.preserve_norm = False
+
+    def _prefill_scaled(self, prompt: Sequence[int]) -> None:
+        """Control-vector mode's prompt strength: the prompt but its last token is computed with
+        the vector x prompt_strength; the token loop then reuses that KV and computes the last
+        prompt token (which picks the first answer token) and the answer in full."""
+        if len(prompt) < 2:
+            return
+        self.injector.set_scale(self.config.prompt_strength)
+        try:
+            prefill(self.llm, prompt[:-1])
+        finally:
+            self.injector.set_scale(1.0)
 
     def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
         """Message texts (the input, RAG examples) stay plain text: typed markers never

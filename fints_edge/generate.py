@@ -14,7 +14,7 @@ import codecs
 import ctypes
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from fints_edge.errors import FintsEdgeError
@@ -84,6 +84,8 @@ class Generation:
         top_p: float = 0.95,
         injector: CallbackInjector | None = None,
         fix: str = CONTEXT_FIX,
+        on_token: Callable[[Sequence[int]], None] | None = None,
+        logits_processor: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         if max_tokens < 1 or not prompt:
             raise FintsEdgeError("generation needs a non-empty prompt and max_tokens >= 1")
@@ -95,6 +97,8 @@ class Generation:
         self.top_p = top_p
         self.injector = injector
         self.fix = fix
+        self.on_token = on_token  # sees the tokens so far before the next decode (fade)
+        self.logits_processor = logits_processor  # (input ids, logits) -> logits (repeat block)
         self.tokens: list[int] = []
         self.finish: Finish | None = None
         self.first_token_time: float | None = None
@@ -106,8 +110,17 @@ class Generation:
         buf = ctypes.create_string_buffer(64)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.llm.set_seed(self.seed)  # as create_completion(seed=...) does
+        import llama_cpp
+
+        processors = None
+        if self.logits_processor is not None:
+            processors = llama_cpp.LogitsProcessorList([self.logits_processor])
         sampled = self.llm.generate(
-            self.prompt, temp=self.temperature, top_p=self.top_p, repeat_penalty=1.0
+            self.prompt,
+            temp=self.temperature,
+            top_p=self.top_p,
+            repeat_penalty=1.0,
+            logits_processor=processors,
         )
         try:
             while len(self.tokens) < self.max_tokens:
@@ -118,6 +131,8 @@ class Generation:
                     self.finish = "stop"
                     break
                 self.tokens.append(token)
+                if self.on_token is not None:
+                    self.on_token(self.tokens)
                 piece = decoder.decode(token_piece(vocab, token, buf))
                 if piece:
                     yield piece
@@ -179,6 +194,16 @@ def complete(
         fix=fix,
     )
     return "".join(gen).strip()
+
+
+def prefill(llm: Any, tokens: Sequence[int], fix: str = CONTEXT_FIX) -> None:
+    """Compute ``tokens`` into the KV cache from position 0 (llama.cpp failures as a
+    FintsEdgeError); a :class:`Generation` whose prompt starts with them reuses that KV."""
+    llm.reset()
+    try:
+        llm.eval(list(tokens))
+    except RuntimeError as e:
+        raise decode_error(e, llm, fix) from e
 
 
 def _free_sampler(llm: Any) -> None:

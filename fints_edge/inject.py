@@ -7,6 +7,8 @@ Two modes (see notes on llama.cpp):
 - ``exact``: the graph eval callback adds v_attn to ``ffn_inp-L`` (residual + attention output,
   the MLP input) and v_mlp to ``l_out-L`` (layer output): true Pulse-and-Re-Pulse. CPU backend.
   Those are the llama/qwen2 names; gemma3 uses ``sa_out-L`` for v_attn (``fints_edge.arch``).
+  The callback can also weigh the vectors by position (a prompt strength, through a position
+  cursor) and keep each steered row's norm; both injectors take a scale (the repeat fade).
 
 All llama-cpp-python / ggml symbol look-ups live here, resolved once.
 Vectors come in profile layout: float32 [S, L, n_embd] with the profile's ``sites`` and
@@ -43,6 +45,10 @@ class Injector(Protocol):
     """Sets steering for the next requests of one llama context, and clears it."""
 
     def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None: ...
+
+    def set_scale(self, scale: float) -> None:
+        """Multiply the steering set by :meth:`set` by ``scale`` from the next decode on."""
+        ...
 
     def clear(self) -> None: ...
 
@@ -96,6 +102,7 @@ class CvecInjector:
         self.n_embd = n_embd
         self._set = _set_cvec_fn()
         self.active = False
+        self._buffer: np.ndarray | None = None  # the last buffer set, unscaled
 
     def buffer(
         self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]
@@ -108,7 +115,14 @@ class CvecInjector:
         return buf
 
     def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
-        buf = self.buffer(vectors, sites, layers)
+        self._buffer = self.buffer(vectors, sites, layers)
+        self._apply(self._buffer)
+
+    def set_scale(self, scale: float) -> None:
+        if self._buffer is not None:
+            self._apply((self._buffer * np.float32(scale)).astype(np.float32))
+
+    def _apply(self, buf: np.ndarray) -> None:
         ptr = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # llama.cpp copies the data
         rc = self._set(self._llm.ctx, ptr, buf.size, self.n_embd, 1, self.n_layer - 1)
         if rc != 0:
@@ -118,6 +132,7 @@ class CvecInjector:
         self.active = True
 
     def clear(self) -> None:
+        self._buffer = None
         rc = self._set(self._llm.ctx, None, 0, self.n_embd, 0, 0)
         if rc != 0:
             raise FintsEdgeError(f"llama.cpp could not clear the control vector (code {rc})")
@@ -172,6 +187,11 @@ class CallbackInjector:
         # Opening steering: added only at absolute positions [start, start + count).
         self._opening: dict[bytes, np.ndarray] = {}
         self._window = (0, 0)
+        # Time profile of the main vectors: x prompt_scale before position ``answer_start``.
+        self._answer_start: int | None = None
+        self._prompt_scale = 1.0
+        self._scale = 1.0  # set_scale: the fade
+        self.preserve_norm = False  # rescale each steered row to its norm before steering
         self._cursor = 0  # tokens computed since rewind()
         self._ubatch = (0, 0)  # (first position, rows) of the micro-batch being computed
         self._error: BaseException | None = None  # raised inside the callback, see raise_error
@@ -214,6 +234,18 @@ class CallbackInjector:
         self._opening = self._by_tensor(vectors, sites, layers)
         self._window = (start, count)
 
+    def set_prompt_scale(self, answer_start: int, scale: float) -> None:
+        """Add the main vectors x ``scale`` at positions before ``answer_start`` and in full from
+        it on (answer_start = prompt length - 1: the last prompt token, which picks the first
+        answer token, is steered in full). scale 1 = every position alike; 0 = answer only."""
+        if answer_start < 0 or not np.isfinite(scale):
+            raise FintsEdgeError(f"answer start {answer_start} / prompt scale {scale}: invalid")
+        self._answer_start = None if scale == 1.0 else answer_start
+        self._prompt_scale = float(scale)
+
+    def set_scale(self, scale: float) -> None:
+        self._scale = float(scale)
+
     def rewind(self) -> None:
         """The next token computed is position 0 (call right after the llama context's reset)."""
         self._cursor = 0
@@ -222,6 +254,9 @@ class CallbackInjector:
     def clear(self) -> None:
         self._targets = {}
         self._opening = {}
+        self._answer_start = None
+        self._prompt_scale = 1.0
+        self._scale = 1.0
 
     @contextmanager
     def tapping(self, names: Sequence[str]) -> Iterator[dict[str, list[np.ndarray]]]:
@@ -270,26 +305,44 @@ class CallbackInjector:
         vec = self._targets.get(name)
         tap = self._taps.get(name)
         first = self._opening.get(name)
-        cursor = bool(self._opening) and name == _CURSOR_TENSOR
+        positional = bool(self._opening) or self._answer_start is not None
+        cursor = positional and name == _CURSOR_TENSOR
         if ask:
             return vec is not None or tap is not None or first is not None or cursor
         if cursor:
             rows = self._lib.ggml_nelements(tensor) // self.n_embd
             self._ubatch = (self._cursor, rows)
             self._cursor += rows
-        if vec is not None:
-            self._rows(tensor, name)[...] += vec
-            self.calls += 1
-        if first is not None:
-            self._add_in_window(self._rows(tensor, name), first)
+        if vec is not None or first is not None:
+            data = self._rows(tensor, name)
+            before = np.linalg.norm(data, axis=1, keepdims=True) if self.preserve_norm else None
+            if vec is not None:
+                self._add_main(data, vec)
+            if first is not None:
+                self._add_in_window(data, first)
+            if before is not None:  # norm-preserving: the direction moves, the size stays
+                after = np.linalg.norm(data, axis=1, keepdims=True)
+                data *= np.where(after > 0, before / np.maximum(after, 1e-30), 1.0)
         if tap is not None:
             tap.append(self._rows(tensor, name).copy())
         return True
 
-    def _add_in_window(self, data: np.ndarray, vec: np.ndarray) -> None:
-        """Rows of this micro-batch are its positions; a pruned last layer keeps its last rows."""
+    def _add_main(self, data: np.ndarray, vec: np.ndarray) -> None:
+        if self._answer_start is None:
+            data += vec * np.float32(self._scale) if self._scale != 1.0 else vec
+        else:
+            w = np.where(self._positions(data) >= self._answer_start, 1.0, self._prompt_scale)
+            data += (w * self._scale).astype(np.float32)[:, None] * vec
+        self.calls += 1
+
+    def _positions(self, data: np.ndarray) -> np.ndarray:
+        """Absolute positions of ``data``'s rows: a micro-batch's rows are its positions; a
+        pruned last layer keeps its last rows."""
         first_pos, n_rows = self._ubatch
-        positions = first_pos + n_rows - data.shape[0] + np.arange(data.shape[0])
+        return first_pos + n_rows - data.shape[0] + np.arange(data.shape[0])
+
+    def _add_in_window(self, data: np.ndarray, vec: np.ndarray) -> None:
+        positions = self._positions(data)
         start, count = self._window
         hit = (positions >= start) & (positions < start + count)
         if hit.any():

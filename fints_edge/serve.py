@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from fints_edge._cli import cli_main
 from fints_edge._serve_auth import check_name, default_data_dir, is_loopback, load_or_create_token
+from fints_edge.engine import EngineConfig
 from fints_edge.errors import FintsEdgeError
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
     from fints_edge.engine import Engine
 
+_ENGINE = EngineConfig()  # the product defaults (the dev sweep's choice): one source of truth
 WEB_DIR = Path(__file__).parent / "web"
 log = logging.getLogger("fints_edge.serve")
 
@@ -48,15 +50,15 @@ class Settings:
     encoder_dir: Path
     aggregator_path: Path
     token: str | None  # None = no authentication (--no-auth)
-    mode: str = "exact"
-    k: int = 3
-    strength: float = 2.0
-    rag: int = 0
-    max_tokens: int = 128  # per request, when the request does not say
+    mode: str = _ENGINE.mode
+    k: int = _ENGINE.k
+    strength: float = _ENGINE.strength  # in the engine's default strength unit
+    rag: int = _ENGINE.rag
+    max_tokens: int = _ENGINE.max_tokens  # per request, when the request does not say
     max_tokens_limit: int = 512  # the most a request may ask for
-    n_ctx: int = 2048
+    n_ctx: int = _ENGINE.n_ctx
     threads: int | None = None
-    seed: int = 0
+    seed: int = _ENGINE.seed
     max_waiting: int = 4  # requests waiting behind the running one; more get 503
     max_body: int = 1 << 20  # bytes, JSON requests
     max_upload: int = 16 << 20  # bytes, history uploads
@@ -70,7 +72,7 @@ class Settings:
 
 
 def open_engine(s: Settings, profile: Path) -> Engine:
-    from fints_edge.engine import Engine, EngineConfig
+    from fints_edge.engine import Engine
 
     config = EngineConfig(
         mode=s.mode,  # type: ignore[arg-type]

@@ -32,16 +32,19 @@ def tiny_profile(tiny, tmp_path_factory, onnx_encoder_dir):
         for t in TOPICS
     ]
     (d / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    opts = BuildOptions(
-        layers=(1, 2), negatives="given", encoder_dir=onnx_encoder_dir, progress=False
-    )
+    opts = BuildOptions(layers=(1, 2), sites=("attn", "mlp"), negatives="given",
+                        encoder_dir=onnx_encoder_dir, progress=False)  # fmt: skip
     build_profile(tiny.hf_dir, d / "h.jsonl", d / "me.npz", opts)
     return d / "me.npz"
 
 
 @pytest.fixture(scope="module")
 def engine(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path):
-    cfg = EngineConfig(k=3, strength=2.0, temperature=0.1, max_tokens=8, n_ctx=256, threads=1)
+    # the plain method (the paper's absolute multiplier, no item norm, no fade): the tests below
+    # recompute its math; the shaping knobs are switched on per test
+    cfg = EngineConfig(k=3, strength=2.0, strength_unit="absolute", item_norm=False,
+                       repeat_fade=1.0, block_repeats=0, temperature=0.1, max_tokens=8, n_ctx=256,
+                       threads=1)  # fmt: skip
     with Engine(
         tiny.gguf_path,
         tiny_profile,
@@ -394,3 +397,108 @@ def test_sites_and_layers_the_profile_lacks_are_refused_when_set(engine):
     with pytest.raises(FintsEdgeError, match=r"no signals at layer\(s\) \[7\]; it has \[1, 2\]"):
         engine.configure(layers=(7,))
     assert engine.config == before and engine.reply("a headline about the rain").text
+
+
+def test_item_norm_and_residual_unit_follow_their_formulas(engine):
+    """item_norm: every retrieved signal at the profile's typical norm before the mean;
+    residual unit: x residual_norms / typical norm, so strength is a share of the residual."""
+    text = "Write a headline about the rain tomorrow."
+    base = engine.plan(text)
+    p = engine.profile
+    ids = [r["id"] for r in base.retrieved]
+    w = np.array([r["weight"] for r in base.retrieved], np.float32)
+    sig = p.signals.astype(np.float32)
+    typ = np.linalg.norm(sig, axis=-1).mean(axis=0)  # [S, L]
+    engine.configure(item_norm=True, strength_unit="residual", strength=0.25)
+    try:
+        plan = engine.plan(text)
+        static = engine.user_vector()
+    finally:
+        engine.configure(item_norm=False, strength_unit="absolute", strength=2.0)
+    unit = sig[ids] / np.linalg.norm(sig[ids], axis=-1, keepdims=True) * typ[None, :, :, None]
+    mixed = np.einsum("k,ksle->sle", w, unit)
+    want = 0.25 * mixed * (p.residual_norms[None, :] / typ)[:, :, None]
+    np.testing.assert_allclose(plan.vectors, want, rtol=1e-4, atol=1e-5)
+    # a typical item pushes by a quarter of the residual's norm
+    one = sig / np.linalg.norm(sig, axis=-1, keepdims=True) * typ[None, :, :, None]
+    want_static = 0.25 * one.mean(0) * (p.residual_norms[None, :] / typ)[:, :, None]
+    np.testing.assert_allclose(static, want_static, rtol=1e-4, atol=1e-5)
+
+
+def test_answer_only_steering_and_fade_change_the_answer_and_leave_nothing_behind(engine):
+    text = "Write a headline about the concert."
+    base = engine.reply(text, steer=False)
+    engine.configure(strength=40.0)
+    try:
+        full = engine.reply(text)
+        engine.configure(prompt_strength=0.0)
+        answer_only = engine.reply(text)
+        engine.configure(prompt_strength=1.0, preserve_norm=True)
+        kept = engine.reply(text)
+    finally:
+        engine.configure(strength=2.0, prompt_strength=1.0, preserve_norm=False)
+    assert len({full.text, answer_only.text, kept.text, base.text}) >= 3
+    assert not engine.injector.preserve_norm
+    assert engine.reply(text, steer=False).text == base.text
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"strength_unit": "percent"}, "unknown strength unit"),
+        ({"repeat_fade": 1.5}, "repeat fade 1.5 must be in"),
+        ({"prompt_strength": -1.0}, "prompt strength -1.0 >= 0"),
+    ],
+)
+def test_bad_shaping_knobs_are_refused(engine, changes, message):
+    with pytest.raises(FintsEdgeError, match=message):
+        engine.configure(**changes)
+
+
+def test_mean_centring_subtracts_the_reference_from_every_item(engine):
+    text = "Write a headline about the rain tomorrow."
+    base = engine.plan(text).vectors
+    p = engine.profile
+    center = np.random.default_rng(0).normal(size=p.signals.shape[1:]).astype(np.float32)
+    engine.center = center
+    try:
+        got = engine.plan(text).vectors
+        static = engine.user_vector()
+    finally:
+        engine.center = None
+    # weights sum to 1, so the aggregate moves by exactly strength x center
+    np.testing.assert_allclose(got, base - 2.0 * center, rtol=1e-4, atol=1e-4)
+    want_static = 2.0 * (p.signals.astype(np.float32).mean(0) - center)
+    np.testing.assert_allclose(static, want_static, rtol=1e-4, atol=1e-4)
+
+
+def test_repeat_block_keeps_a_steered_answer_free_of_repeated_bigrams(engine):
+    """Strong steering on the random tiny model loops; with block_repeats=2 no token bigram of
+    the answer appears twice (the llama.cpp sampler applied our logits processor)."""
+    from fints_edge.generate import Generation
+
+    text = "Write a headline about the concert."
+    seen: dict[str, list[int]] = {}
+    real_init = Generation.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        seen["tokens"] = self.tokens  # the same list the loop fills
+
+    engine.configure(strength=40.0, max_tokens=40, repeat_fade=1.0)
+    try:
+        Generation.__init__ = spy  # type: ignore[method-assign]
+        engine.reply(text)
+        free = list(seen["tokens"])
+        engine.configure(block_repeats=2)
+        engine.reply(text)
+        blocked = list(seen["tokens"])
+    finally:
+        Generation.__init__ = real_init  # type: ignore[method-assign]
+        engine.configure(strength=2.0, max_tokens=8, block_repeats=0)
+
+    def bigrams(t):
+        return list(zip(t, t[1:], strict=False))
+
+    assert len(bigrams(free)) - len(set(bigrams(free))) > 0, "the test needs a looping answer"
+    assert len(blocked) > 5 and len(bigrams(blocked)) == len(set(bigrams(blocked)))

@@ -175,3 +175,101 @@ def test_opening_window_is_validated(engines):
         with pytest.raises(FintsEdgeError, match=rf"opening window start {start}, count {count}"):
             injector.set_opening(v, ("mlp",), (1,), start, count)
     assert not injector.active
+
+
+@pytest.mark.parametrize("prompt_scale", [0.0, 0.25])
+def test_prompt_scale_parity_with_torch_reference(tiny, hf, engines, prompt_scale):
+    """Steering scaled down on the prompt and full from the last prompt position on, in the
+    batched prompt and the single-token steps alike."""
+    from export.reference import logits, vectors_from_array
+
+    llm, injector = engines["exact"]
+    sites, layers = ("attn", "mlp"), (1, 3)
+    v = random_vectors(tiny, sites, layers, scale=2.0, seed=3)
+    prompt = _prompt(llm)
+    start = len(prompt) - 1
+    with steered(injector, v, sites, layers):
+        injector.set_prompt_scale(start, prompt_scale)
+        injector.rewind()
+        tokens, got = llama_run(llm, prompt)
+    mapping = vectors_from_array(v, sites, layers)
+    want = logits(hf, tokens, mapping, prompt_strength=prompt_scale, answer_start=start)
+    everywhere = logits(hf, tokens, mapping)
+    moved = np.abs(want - everywhere).max()
+    assert moved > 0.1, "the prompt scale must change the logits, or this test could not fail"
+    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e}"
+    # cleared: the next request steers every position alike again
+    with steered(injector, v, sites, layers):
+        injector.rewind()
+        _, full = llama_run(llm, prompt)
+    assert np.abs(full - everywhere).max() < TOL
+
+
+@pytest.mark.parametrize(("sites", "layers"), [(("attn",), (1,)), (("attn", "mlp"), (1, 3))])
+def test_norm_preserving_parity_with_torch_reference(tiny, hf, engines, sites, layers):
+    """Each steered hidden state is rescaled to its pre-steering norm, at both sites."""
+    from export.reference import logits, vectors_from_array
+
+    llm, injector = engines["exact"]
+    v = random_vectors(tiny, sites, layers, scale=3.0, seed=4)
+    prompt = _prompt(llm)
+    injector.preserve_norm = True
+    try:
+        with steered(injector, v, sites, layers):
+            tokens, got = llama_run(llm, prompt)
+    finally:
+        injector.preserve_norm = False
+    mapping = vectors_from_array(v, sites, layers)
+    want = logits(hf, tokens, mapping, preserve_norm=True)
+    plain = logits(hf, tokens, mapping)
+    moved = np.abs(want - plain).max()
+    assert moved > 0.1, "norm preservation must change the logits, or this test could not fail"
+    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e}"
+
+
+@pytest.mark.parametrize("mode", ["cvec", "exact"])
+def test_set_scale_equals_scaled_vectors(tiny, engines, mode):
+    """The fade's lever: set_scale(s) steers exactly as vectors * s would, and clear resets it."""
+    llm, injector = engines[mode]
+    sites, layers = ("mlp",), (2,)
+    v = random_vectors(tiny, sites, layers, scale=2.0, seed=5)
+    prompt = _prompt(llm)
+    with steered(injector, v * 0.3, sites, layers):
+        _, want = llama_run(llm, prompt)
+    with steered(injector, v, sites, layers):
+        _, full = llama_run(llm, prompt)
+        injector.set_scale(0.3)
+        _, got = llama_run(llm, prompt)
+    assert np.abs(full - want).max() > 0.1
+    assert np.abs(got - want).max() < 1e-4, f"max |diff| {np.abs(got - want).max():.2e}"
+    with steered(injector, v, sites, layers):
+        _, again = llama_run(llm, prompt)
+    assert np.abs(again - full).max() < 1e-4, "clear() must reset the scale"
+
+
+def test_cvec_prompt_scale_by_prefill_matches_torch_reference(tiny, hf, engines):
+    """Control-vector mode has no positions: the prompt but its last token is prefilled with the
+    vector x scale, then the last prompt token and the answer run at full strength on that KV."""
+    from export.reference import logits, vectors_from_array
+    from fints_edge.generate import prefill
+
+    llm, injector = engines["cvec"]
+    sites, layers = ("mlp",), (1, 2)  # the control vector is exact for the MLP site
+    v = random_vectors(tiny, sites, layers, scale=2.0, seed=6)
+    prompt = _prompt(llm)
+    with steered(injector, v, sites, layers):
+        injector.set_scale(0.25)
+        prefill(llm, prompt[:-1])
+        injector.set_scale(1.0)
+        llm.eval([prompt[-1]])
+        tokens = list(prompt)
+        for _ in range(10):
+            tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([tokens[-1]])
+        got = np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
+    mapping = vectors_from_array(v, sites, layers)
+    want = logits(hf, tokens, mapping, prompt_strength=0.25, answer_start=len(prompt) - 1)
+    everywhere = logits(hf, tokens, mapping)
+    assert np.abs(want - everywhere).max() > 0.1
+    assert np.abs(want - everywhere)[len(prompt) :].max() > 10 * TOL  # the prompt's KV, later
+    assert np.abs(got - want).max() < TOL, f"max |diff| {np.abs(got - want).max():.2e}"

@@ -28,6 +28,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from fints_edge._serve_auth import check_name, is_loopback, load_or_create_token
+from fints_edge.engine import EngineConfig
 from fints_edge.errors import FintsEdgeError
 from fints_edge.serve import Settings, create_app
 
@@ -175,7 +176,8 @@ def test_health_and_models(shared_client):
     h = client.get("/health", headers=AUTH).json()
     assert h["status"] == "ok" and h["profiles"] == 2 and h["auth"] is True
     assert h["queue"]["max_waiting"] == 4 and h["default_user"] == "alice"
-    assert h["defaults"] == {"k": 3, "strength": 2.0, "rag": 0, "max_tokens": 8}
+    d = EngineConfig()  # the server's steering defaults are the engine's
+    assert h["defaults"] == {"k": d.k, "strength": d.strength, "rag": 0, "max_tokens": 8}
     models = client.get("/v1/models", headers=AUTH).json()
     assert [m["id"] for m in models["data"]] == ["tiny-f32"]
 
