@@ -95,7 +95,8 @@ class Evaluation:
         self.sha256 = sha256_of(model)
         spec_text = Path(args.styles).read_text(encoding="utf-8")
         cond_text = Path(args.conditional).read_text(encoding="utf-8")
-        self.cache = RunCache(run_key(model=self.sha256, plan=asdict(plan), styles=spec_text,
+        data = {k: v for k, v in asdict(plan).items() if k != "grid"}  # answers keyed by setting
+        self.cache = RunCache(run_key(model=self.sha256, plan=data, styles=spec_text,
                                       conditional=cond_text, seed=args.seed, version=2))  # fmt: skip
         self.styles = {s.name: s for s in styles}
         self.encoder = Encoder(default_encoder_dir(), threads=args.threads)
@@ -167,7 +168,7 @@ class Evaluation:
         out = []
         todo = [(u, r) for u in users if u.user in self.profiles
                 for r in getattr(u, split)[:limit]]  # fmt: skip
-        current = None
+        current: tuple[Path, bool] | None = None
         label = (
             "" if method in ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached") else s.label()
         )
@@ -176,9 +177,10 @@ class Evaluation:
             key = self.cache.key(bench, split, cache_as or method, label, u.user, row["input"])
             got = self.cache.get(key)
             if got is None:
-                if self.profiles[u.user] != current:
-                    current = self.profiles[u.user]
-                    self.runner.use(current)
+                if (self.profiles[u.user], s.center) != current:
+                    current = (self.profiles[u.user], s.center)
+                    center = self.reference(users, u.user) if s.center else None
+                    self.runner.use(current[0], center)
                 got = self.runner.answer(method, row["input"], s, seed=n)
                 if method == "prefix-cached":
                     got["kv_bytes"] = self.runner.prefix_cost().get("kv_bytes")
@@ -188,6 +190,17 @@ class Evaluation:
                         "setting": label, "input": row["input"], "reference": row["output"],
                         **got})  # fmt: skip
         return out
+
+    def reference(self, users: Sequence[UserData], user: str) -> np.ndarray:
+        """float32 [S, L, E]: the mean of the OTHER users' mean signals in this benchmark, what
+        a reference set shares (mean-centring keeps what is specific to ``user``)."""
+        from fints_edge.profile import Profile
+
+        means = [Profile.load(self.profiles[u.user]).signals.astype(np.float32).mean(axis=0)
+                 for u in users if u.user != user and u.user in self.profiles]  # fmt: skip
+        if not means:
+            raise FintsEdgeError("mean-centring needs at least two users with profiles")
+        return np.mean(means, axis=0).astype(np.float32)
 
     def unsteered(self, preds: Sequence[dict]) -> dict[tuple[str, str], str]:
         return {(p["user"], p["input"]): p["prediction"] for p in preds

@@ -24,25 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from fints_edge.fade import REPETITION_FLOOR, repetition
+
+__all__ = ["REPETITION_FLOOR", "FluencyRule", "Perplexity", "distinct_2", "repetition",
+           "topic_retention"]  # fmt: skip
 _WORD = re.compile(r"\w+")
-REPETITION_FLOOR = 0.1  # at least this share of repeated 3-grams is always allowed
 TOPIC_CAP = 0.5  # the topic bound never asks for more than this cosine
 PERCENTILE = 95.0
-
-
-def repetition(text: str) -> float:
-    """Share of word 3-grams (case-folded) that already occurred earlier in the text; 0 for
-    texts of fewer than 4 words. 'a b c a b c a b c' -> 4 of 7 = 0.57."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    grams = list(zip(words, words[1:], words[2:], strict=False))
-    if len(grams) < 2:
-        return 0.0
-    seen: set[tuple[str, str, str]] = set()
-    repeats = 0
-    for g in grams:
-        repeats += g in seen
-        seen.add(g)
-    return repeats / len(grams)
 
 
 def distinct_2(text: str) -> float:

@@ -20,6 +20,10 @@ METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static
                 "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch",
                 "fints-recency")  # fmt: skip
 STEERED = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-recency")
+# The chat's steering defaults (fints_edge.engine.EngineConfig), recorded beside the runs
+DEFAULT_KNOBS = ("mode", "k", "strength", "strength_unit", "temperature", "item_norm",
+                 "prompt_strength", "preserve_norm", "repeat_fade", "block_repeats", "sim_floor",
+                 "sim_full")  # fmt: skip
 
 
 def predictions_file(out: Path, model_name: str) -> Path:
@@ -44,12 +48,23 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
 
 
 def render_all(out: Path) -> None:
+    """README.md and pareto.png from results.json, whose goal figures and product defaults are
+    brought up to date from the predictions and the runtime first."""
+    from evals.goals import goals
+    from fints_edge.engine import EngineConfig
+
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     preds = {}
-    for name in results["models"]:
+    for name, entry in results["models"].items():
         f = predictions_file(out, name)
         if f.is_file():
             preds[name] = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x]
+            entry["goals"] = goals(preds[name])
+    d = EngineConfig()
+    results["defaults"] = {k: getattr(d, k) for k in DEFAULT_KNOBS}
+    atomic_write_text(
+        out / "results.json", json.dumps(results, indent=1, ensure_ascii=False) + "\n"
+    )
     plot_pareto(results, out / "pareto.png")
     atomic_write_text(out / "README.md", render(results, preds))
 
@@ -173,6 +188,82 @@ def gap_lines(results: dict) -> list[str]:
     return lines
 
 
+# Each sweep stage and what it tries (evals/sweep.py); "layer" is the starting grid.
+IDEAS = {
+    "layer": "Layer x strength (absolute multipliers): the starting grid",
+    "relative": "Strength as a share of the layer's residual-stream norm (r), per typical item",
+    "sites": "One site only (attention or MLP) instead of both",
+    "k": "How many history items are aggregated (K)",
+    "weights": "Similarity-weighted aggregation: softmax(similarity / T) instead of the mean",
+    "gate": "Novelty gate: steering fades out when the best similarity is below full, off at floor",
+    "time": "Where to steer in time: the prompt (but its last token) at this share; 0 = answer only",
+    "depth": "A window of layers: the same push spread over every profile layer at 1/n each",
+    "item-norm": "Per-item normalisation: every retrieved signal at the profile's typical norm",
+    "center": "Mean-centring: the other users' mean signal subtracted from every item's",
+    "keep-norm": "Norm-preserving injection: each steered hidden state keeps its unsteered norm",
+    "fade": "Repeat fade: steering x F at each repeated token 4-gram of the answer so far",
+    "block": "Repeat block: a steered answer may not repeat a token n-gram it already wrote",
+    "retune": "Strength again, x0.5 and x1.5 around the setting kept so far",
+}
+
+
+def idea_lines(sweep: dict) -> list[str]:
+    """Every setting the dev sweep tried, grouped by idea, with the decision and its reason."""
+    from evals.sweep import replay
+
+    lines = ["### Method ideas on the dev split (fints-exact, coordinate ascent)", "",
+             f"{sweep['n']} dev answers per setting. An idea is kept when it beats the best setting "
+             "so far by more than one dev answer, or ties it (within one answer of the best seen) "
+             "and keeps more of the unsteered answer's topic. Chosen: "
+             f"**{sweep['chosen_label']}**.", "",
+             "| idea | setting | fluent adherence | to beat | adherence | fluent | topic | kept |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    stage = None
+    for t in replay(sweep["tried"], sweep["n"]):
+        name = IDEAS.get(t["stage"], t["stage"]) if t["stage"] != stage else ""
+        stage = t["stage"]
+        lines.append(f"| {name} | {t['label']} | {_f(t['fluent_adherence'])} | "
+                     f"{_f(t['best_before'])} | {_f(t['adherence'])} | {_f(t['fluent'])} | "
+                     f"{_f(t['topic'])} | {'kept' if t['adopted'] else ''} |")  # fmt: skip
+    return lines
+
+
+def goal_lines(g: dict, demo: dict | None = None) -> list[str]:
+    """Issue 15's goals (evals/goals.py; the demo's from `python -m evals.demo --record`) as a
+    table; nothing when the run had no such data."""
+    if not g:
+        return []
+
+    def cmp(c: dict | None) -> str:
+        if not c:
+            return "n/a"
+        lo, hi = c["ci95"]
+        return f"{c['method']:.2f} vs {c['other']:.2f}: {c['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+    fe, fr = g["fints_exact"], g["fints_rag1"]
+    share = fr["added_first_token_share_of_rag-3"]
+    yes = {True: "met", False: "not met"}
+    lines = ["### Goals (issue 15; personas-conditional, test split)", "",
+            "| goal | figures (fluent adherence, 95% interval of the difference) | |",
+            "|---|---|---|",
+            f"| fints-exact >= rag-1 | {cmp(fe['vs_rag-1'])} | {yes[fe['at_least_rag-1']]} |",
+            f"| fints-exact > static | {cmp(fe['vs_static'])} | {yes[fe['above_static']]} |",
+            f"| fints-exact > prefix-cached | {cmp(fe['vs_prefix-cached'])} | "
+            f"{yes[fe['above_prefix-cached']]} |",
+            f"| fints+rag-1 >= rag-3 | {cmp(fr['vs_rag-3'])} | {yes[fr['at_least_rag-3']]} |",
+            f"| fints+rag-1 adds <= half of rag-3's first-token time | "
+            f"{'n/a' if share is None else f'{share:.2f} of it'} | "
+            f"{yes[fr['at_most_half_the_added_time']]} |"]  # fmt: skip
+    if demo:
+        n = demo["n"]
+        ok = demo["fluent"] == n and demo["lowercase"] >= n - 1
+        lines.append(f"| make demo: every steered answer fluent, >= {n - 1}/{n} lowercase | "
+                     f"{demo['fluent']}/{n} fluent, {demo['lowercase']}/{n} lowercase "
+                     f"({demo['setting']['flags'] if demo.get('setting') else ''}) | "
+                     f"{yes[ok]} |")  # fmt: skip
+    return lines + [""]
+
+
 def render(results: dict, preds: dict[str, list[dict]]) -> str:
     lines = [
         "# Evaluation (generated by `python -m evals`; do not edit)",
@@ -228,12 +319,8 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
                 lines += ["", f"{len(b['errors'])} answers failed and count as wrong: "
                           + "; ".join(sorted({x['error'] for x in b['errors']}))[:500]]  # fmt: skip
             lines.append("")
-        lines += ["### Dev sweep (fints-exact)", "",
-                  "| stage | setting | fluent adherence | adherence | fluent | topic |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
-        for t in e["sweep"]["tried"]:
-            lines.append(f"| {t['stage']} | {t['label']} | {_f(t['fluent_adherence'])} | "
-                         f"{_f(t['adherence'])} | {_f(t['fluent'])} | {_f(t['topic'])} |")  # fmt: skip
+        lines += goal_lines(e.get("goals") or {}, e.get("demo"))
+        lines += idea_lines(e["sweep"])
         if e.get("failed_profiles"):
             lines += ["", f"No profile could be built for {len(e['failed_profiles'])} users: "
                       + "; ".join(sorted(set(e["failed_profiles"].values())))[:400]]  # fmt: skip

@@ -49,13 +49,53 @@ class Setting:
     temperature: float = 0.0
     reading: str = "output"
     half_life_days: float = 0.0
+    # the method ideas (issue 15); defaults are the plain method, left out of the label
+    strength_unit: str = "absolute"
+    item_norm: bool = False
+    prompt_strength: float = 1.0
+    preserve_norm: bool = False
+    repeat_fade: float = 1.0
+    sim_floor: float = 0.0
+    sim_full: float = 0.0
+    center: bool = False  # subtract the other users' mean signal (leave-one-out, same benchmark)
+    block_repeats: int = 0
 
     def label(self) -> str:
+        unit = "r" if self.strength_unit == "residual" else "x"
         s = (
-            f"layers {','.join(map(str, self.layers))} x{self.strength:g} k{self.k} "
+            f"layers {','.join(map(str, self.layers))} {unit}{self.strength:g} k{self.k} "
             f"{'+'.join(self.sites)} T{self.temperature:g} {self.reading}"
         )
-        return s + (f" half-life {self.half_life_days:g}d" if self.half_life_days else "")
+        extras = [
+            f"half-life {self.half_life_days:g}d" if self.half_life_days else "",
+            "item-norm" if self.item_norm else "",
+            f"prompt {self.prompt_strength:g}" if self.prompt_strength != 1.0 else "",
+            "keep-norm" if self.preserve_norm else "",
+            f"fade {self.repeat_fade:g}" if self.repeat_fade != 1.0 else "",
+            f"gate {self.sim_floor:g}-{self.sim_full:g}" if self.sim_full > self.sim_floor else "",
+            "centred" if self.center else "",
+            f"block {self.block_repeats}" if self.block_repeats else "",
+        ]
+        return " ".join([s, *(e for e in extras if e)])
+
+    def engine_config(self) -> dict[str, Any]:
+        """The EngineConfig knobs of this setting."""
+        return {
+            "k": self.k,
+            "strength": self.strength,
+            "temperature": self.temperature,
+            "sites": tuple(self.sites),
+            "layers": tuple(self.layers),
+            "half_life_days": self.half_life_days,
+            "strength_unit": self.strength_unit,
+            "item_norm": self.item_norm,
+            "prompt_strength": self.prompt_strength,
+            "preserve_norm": self.preserve_norm,
+            "repeat_fade": self.repeat_fade,
+            "block_repeats": self.block_repeats,
+            "sim_floor": self.sim_floor,
+            "sim_full": self.sim_full,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,28 +168,27 @@ class Runner:
         if self._cvec is not None:
             self._cvec.close()
 
-    def use(self, profile: Path) -> None:
+    def use(self, profile: Path, center: np.ndarray | None = None) -> None:
+        """Switch to a user; ``center``: the reference mean their signals are centred on."""
         self.exact.use_profile(profile)
+        self.exact.center = center
         if self._cvec is not None:
             self._cvec.use_profile(profile)
+            self._cvec.center = center
 
     def cvec(self) -> Engine:
         if self._cvec is None:
             self._cvec = Engine(
                 self.model, self.exact.profile_path, replace(self._cvec_base, mode="cvec")
             )
+            self._cvec.center = self.exact.center
         return self._cvec
 
     def _configure(self, engine: Engine, s: Setting, rag: int) -> None:
-        engine.configure(
-            k=s.k,
-            strength=s.strength,
-            temperature=s.temperature,
-            sites=tuple(s.sites),  # type: ignore[arg-type]
-            layers=tuple(s.layers),
-            half_life_days=s.half_life_days,
-            rag=rag,
-        )
+        config = s.engine_config()
+        if engine.config.mode == "cvec":  # the control vector cannot rescale hidden states
+            config.update(preserve_norm=False)
+        engine.configure(rag=rag, **config)
 
     def answer(self, method: str, text: str, s: Setting, seed: int = 0) -> dict[str, Any]:
         """{"prediction", "prompt_tokens", "first_token_ms"[, "error"]} for one input; a
@@ -172,8 +211,7 @@ class Runner:
             raise FintsEdgeError("fints-recency needs a setting with half_life_days > 0")
         plan: Plan | None = None
         if method == "static":
-            vectors = engine.select(engine.profile.user_vector() * s.strength)
-            plan = Plan(vectors.astype(np.float32), [], 1.0)
+            plan = Plan(engine.user_vector(), [], 1.0)
         elif method == "random":
             plan = engine.plan(text)
             plan = Plan(_same_norm_random(plan.vectors, seed), plan.retrieved, plan.gate)
@@ -263,6 +301,8 @@ class Runner:
             max_new_tokens=self.exact.config.max_tokens,
             prompt_format=p.prompt_format,
             vectors={j: v for j, v in vectors.items() if j in s.layers},
+            prompt_strength=s.prompt_strength,
+            preserve_norm=s.preserve_norm,
         )
         return {
             "prediction": text_out,

@@ -23,7 +23,7 @@ from evals.metrics import TextScorer, paired_bootstrap
 from evals.styles import Style
 
 PRIMARY = ("fluent_adherence", "adherence")
-COMPARED_TO = ("zero-shot", "rag-1", "prefix-cached")
+COMPARED_TO = ("zero-shot", "rag-1", "prefix-cached", "static", "rag-3")
 BASELINES = ("zero-shot", "rag-1", "rag-2", "rag-3")  # fluent by construction: they calibrate
 
 

@@ -158,3 +158,54 @@ def test_an_evaluation_where_no_user_gets_a_profile_is_one_error_line(
     assert err[-1].startswith("error: ") and "no profile could be built" in err[-1], err[-1]
     assert "0 rows of attn_out-1" in err[-1]
     assert not (tmp_path / "eval").exists()
+
+
+def test_sweep_tries_every_idea_and_keeps_only_the_ones_that_win():
+    """A fake dev run where answer-only steering and residual units help and item norm hurts:
+    the sweep must try each idea stage once from the best and end with exactly the winners."""
+    from evals.run import Setting
+    from evals.sweep import Grid, sweep
+
+    n = 40
+
+    def run(s: Setting, _stage: str) -> list[dict]:
+        fa = 0.1 + 0.3 * (s.prompt_strength == 0.0) + 0.2 * (s.strength_unit == "residual")
+        fa -= 0.1 * s.item_norm
+        hits = round(fa * n)
+        return [{"fluent_adherence": float(i < hits), "topic": 0.5, "adherence": float(i < hits),
+                 "fluent": 1.0} for i in range(n)]  # fmt: skip
+
+    grid = Grid((0.5, 0.75), (2.0,), (3,), (0.1,))
+    best, tried = sweep(run, grid, n_layer=8, n_dev=n, default_k=3)
+    stages = [t["stage"] for t in tried]
+    for stage in ("layer", "relative", "sites", "weights", "gate", "time", "depth",
+                  "item-norm", "center", "keep-norm", "fade", "block", "retune"):  # fmt: skip
+        assert stage in stages, stage
+    assert best.prompt_strength == 0.0 and best.strength_unit == "residual"
+    assert not best.item_norm and not best.preserve_norm and best.repeat_fade == 1.0
+
+
+def test_replay_of_the_sweep_log_reaches_the_sweeps_own_choice():
+    """The report's kept/dropped column comes from replaying the log: it must agree."""
+    from evals.run import Setting
+    from evals.sweep import Grid, replay, sweep
+
+    rng = np.random.default_rng(3)
+    n = 24
+    memo: dict = {}
+
+    def run(s: Setting, _stage: str) -> list[dict]:
+        if s not in memo:
+            hits = int(rng.integers(0, n))
+            topic = float(rng.uniform())
+            memo[s] = [{"fluent_adherence": float(i < hits), "topic": topic,
+                        "adherence": 1.0, "fluent": 1.0} for i in range(n)]  # fmt: skip
+        return memo[s]
+
+    for _ in range(5):
+        memo.clear()
+        best, tried = sweep(run, Grid((0.5, 0.75), (2.0, 4.0), (3, 8), (0.1,)), 8, n, 3)
+        decided = replay(tried, n)
+        adopted = [t for t in decided if t["adopted"]]
+        assert adopted and adopted[-1]["setting"] == best.to_json()
+        assert all(t["best_before"] is not None for t in decided if t["stage"] != "layer")
