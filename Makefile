@@ -57,6 +57,7 @@ doctor: setup
 
 demo: setup
 	$(PY) -m export.demo
+	$(PY) -m evals.demo
 
 test: setup
 	$(PY) -m pytest -q
@@ -116,14 +117,13 @@ models-extra: setup
 # --- phone and server ---------------------------------------------------------------------------
 # `make serve`: the local OpenAI-compatible server and web app (python -m fints_edge.serve) on the
 # embedded model, with the demo profile (built once by `python -m export.demo`: torch, minutes)
-# at the demo's calibration. Extra server flags: make serve SERVE_ARGS="--port 8080".
+# and the chat's default steering. Extra server flags: make serve SERVE_ARGS="--port 8080".
 DEMO_PROFILE := $(or $(FINTS_EDGE_CACHE),$(HOME)/.cache/fints-edge)/demo/me.npz
-DEMO_KNOBS   := --strength 4 -k 5
 SERVE_ARGS   ?=
 .PHONY: serve android-bundle browser
 
 serve: setup $(DEMO_PROFILE)
-	$(PY) -m fints_edge.serve --add-profile demo=$(DEMO_PROFILE) $(DEMO_KNOBS) $(SERVE_ARGS)
+	$(PY) -m fints_edge.serve --add-profile demo=$(DEMO_PROFILE) $(SERVE_ARGS)
 
 $(DEMO_PROFILE): | $(STAMP)
 	@echo "no demo profile at $@ yet: building it once with '$(PY) -m export.demo' (torch, minutes)"
@@ -133,7 +133,7 @@ $(DEMO_PROFILE): | $(STAMP)
 # project wheel, pinned runtime requirements, setup scripts, SHA256SUMS. See android_demo/README.md.
 android-bundle: setup $(DEMO_PROFILE)
 	$(PY) -m export.onnx
-	$(PY) android_demo/bundle.py --out out/android-bundle --zip --profile demo=$(DEMO_PROFILE) -- $(DEMO_KNOBS)
+	$(PY) android_demo/bundle.py --out out/android-bundle --zip --profile demo=$(DEMO_PROFILE)
 
 # Debian's chromium + chromedriver for the browser test (tests/test_web.py skips without them).
 browser:

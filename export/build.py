@@ -21,8 +21,8 @@ from fints_edge.extract import DEFAULT_ANSWER_TOKENS
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
     ATTN_READINGS,
+    DEFAULT_SITES,
     SITE_CHOICES,
-    SITES,
     AttnReading,
     Site,
     check_layers,
@@ -42,8 +42,8 @@ from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised
 
 @dataclass(frozen=True)
 class BuildOptions:
-    layers: tuple[int, ...] | None = None  # HF decoder indices; None = ~73% of the depth
-    sites: tuple[Site, ...] = SITES
+    layers: tuple[int, ...] | None = None  # HF decoder indices; None = ~2/3 of the depth
+    sites: tuple[Site, ...] = parse_sites(DEFAULT_SITES)
     attn_reading: AttnReading = "output"
     negatives: str = "zero-shot"
     others: Path | None = None
@@ -201,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--layers",
         type=int,
         nargs="+",
-        help="HF 0-based decoder layers (default: ~73%% of the depth)",
+        help="HF 0-based decoder layers (default: ~2/3 of the depth)",
     )
-    s.add_argument("--sites", choices=SITE_CHOICES, default="both", help="default: both")
+    s.add_argument(
+        "--sites", choices=SITE_CHOICES, default=DEFAULT_SITES, help=f"default: {DEFAULT_SITES}"
+    )
     s.add_argument(
         "--attn-reading",
         choices=ATTN_READINGS,

@@ -15,6 +15,9 @@ from fints_edge.errors import FintsEdgeError
 Site = Literal["attn", "mlp"]
 SITES: tuple[Site, ...] = get_args(Site)
 SITE_CHOICES = ("attn", "mlp", "both")  # what the CLIs accept for --sites
+# Sites a new profile stores: the `make eval` dev sweep kept the attention site alone on
+# SmolLM2-135M (docs/eval); "both" builds profiles twice the size for --sites experiments.
+DEFAULT_SITES = "attn"
 
 # How the attention-site activation is read during extraction:
 # "output"   = the attention block's output (o_proj), the paper's description;

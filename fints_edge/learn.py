@@ -30,6 +30,7 @@ from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DEFAULT_OPENING_TOKENS, De
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
     ATTN_READINGS,
+    DEFAULT_SITES,
     SITE_CHOICES,
     AttnReading,
     Site,
@@ -163,9 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="with --history: the profile to write (.npz)")
     new = p.add_argument_group("new profiles (--history)")
     new.add_argument(
-        "--layers", type=int, nargs="+", help="HF 0-based decoder layers (default: ~73%% depth)"
+        "--layers",
+        type=int,
+        nargs="+",
+        help="HF 0-based decoder layers (default: ~2/3 of the depth)",
     )
-    new.add_argument("--sites", choices=SITE_CHOICES, default="both", help="default: both")
+    new.add_argument(
+        "--sites", choices=SITE_CHOICES, default=DEFAULT_SITES, help=f"default: {DEFAULT_SITES}"
+    )
     new.add_argument("--attn-reading", choices=ATTN_READINGS, default="output")
     new.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="chat")
     new.add_argument(

@@ -43,9 +43,8 @@ def files(tmp_path_factory, tiny, onnx_encoder_dir, onnx_aggregator_path) -> dic
     shutil.copyfile(onnx_aggregator_path, cache / "aggregator.onnx")
     history = _history(d / "history.jsonl")
     good = d / "me.npz"
-    opts = BuildOptions(
-        layers=(1, 2), negatives="given", encoder_dir=cache / "encoder", progress=False
-    )
+    opts = BuildOptions(layers=(1, 2), sites=("attn", "mlp"), negatives="given",
+                        encoder_dir=cache / "encoder", progress=False)  # fmt: skip
     build_profile(tiny.hf_dir, history, good, opts)
 
     data = good.read_bytes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.demo import DEMO_K, TASK, ensure_profile, lowercase_share, snippets
+from export.demo import TASK, ensure_profile, lowercase_share, snippets
 from fints_edge._paths import default_gguf
 
 
@@ -26,7 +26,7 @@ def test_steering_moves_answers_toward_the_demo_users_style(mode):
     from fints_edge.engine import Engine, EngineConfig
 
     profile = ensure_profile()
-    config = EngineConfig(mode=mode, strength=4.0, k=DEMO_K, max_tokens=24, threads=2)
+    config = EngineConfig(mode=mode, max_tokens=24, threads=2)  # the product defaults
     with Engine(default_gguf(), profile, config) as engine:
         base, steered = [], []
         for snippet in snippets("test"):

@@ -47,8 +47,9 @@ def test_build_writes_a_model_bound_profile(tiny, tmp_path, onnx_encoder_dir):
     )
     built = build_profile(tiny.hf_dir, hist, tmp_path / "me.npz", opts)
     p = Profile.load(tmp_path / "me.npz")
-    assert p.n_items == 3 and p.layers.tolist() == [1, 2] and p.sites == ("attn", "mlp")
-    assert p.signals.shape == (3, 2, 2, tiny.n_embd) and p.signals.dtype == np.float16
+    # the default sites: the attention site alone (the dev sweep's choice, layers.DEFAULT_SITES)
+    assert p.n_items == 3 and p.layers.tolist() == [1, 2] and p.sites == ("attn",)
+    assert p.signals.shape == (3, 1, 2, tiny.n_embd) and p.signals.dtype == np.float16
     np.testing.assert_array_equal(p.signals, built.signals)
     model, tok = load_hf(tiny.hf_dir)
     assert p.model == identity_from_hf(model, tok)
