@@ -7,6 +7,7 @@ Writes bench/results.json and the table in bench/README.md (generated from the J
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -121,24 +122,34 @@ def setup_bench(
 
 
 def encoder_variants(queries: list[str]) -> dict:
-    """Where the set-up time goes: the encoder forward pass, fp32 on 1 and 2 threads, and
-    dynamically int8-quantized copies (per tensor, per channel), each with its min cosine to fp32
-    (the profile's encoder check needs >= 0.99) and its top-5 retrieval overlap with fp32 over
-    the persona pool (the neighbours that steering would aggregate)."""
+    """Where the set-up time goes: the encoder forward pass, fp32 on 1 and 2 threads, fp32 on
+    queries cut to 32 tokens, dynamically int8-quantized copies (per tensor, per channel, and per
+    channel with the FFN output of layers 0-2 kept fp32) and a static model2vec encoder
+    (distilled here, PCA 256), each with its min cosine to fp32 (the profile's encoder check
+    needs >= 0.99; none for the static one, another space) and its top-5 retrieval overlap with
+    fp32 over the persona pool (the neighbours that steering would aggregate): for these
+    queries, and for each pool input among the other 329 (``pool_``)."""
     import shutil
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from evals.personas import load_pool
+    from export.static_encoder import export_static_encoder
     from fints_edge._paths import default_encoder_dir
-    from fints_edge.encode import Encoder
+    from fints_edge.encode import MANIFEST, Encoder
 
     src = default_encoder_dir()
     pool = load_pool()
     out: dict = {}
     with tempfile.TemporaryDirectory() as d:
         folders = {"fp32": src}
-        for name, per_channel in (("int8", False), ("int8pc", True)):
+        # int8mix: per channel, but the FFN output MatMuls of layers 0-2 stay fp32
+        ffn_out = [f"/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+        for name, per_channel, keep in (
+            ("int8", False, []),
+            ("int8pc", True, []),
+            ("int8mix", True, ffn_out),
+        ):
             folders[name] = Path(d) / name
             shutil.copytree(src, folders[name])
             quantize_dynamic(
@@ -146,27 +157,46 @@ def encoder_variants(queries: list[str]) -> dict:
                 str(folders[name] / "model.onnx"),
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                nodes_to_exclude=keep,
+                extra_options={"DefaultTensorType": 1},  # float, for ops left unquantized
             )
+        folders["fp32len32"] = Path(d) / "fp32len32"
+        shutil.copytree(src, folders["fp32len32"])
+        manifest = json.loads((src / MANIFEST).read_text())
+        (folders["fp32len32"] / MANIFEST).write_text(json.dumps(manifest | {"max_length": 32}))
+        variants = [("fp32_t1", "fp32", 1), ("fp32_t2", "fp32", 2), ("fp32len32_t1", "fp32len32", 1),
+                    ("int8_t1", "int8", 1), ("int8pc_t1", "int8pc", 1), ("int8mix_t1", "int8mix", 1)]  # fmt: skip
+        if importlib.util.find_spec("model2vec") is not None:  # the static-encoder extra
+            folders["m2v"] = export_static_encoder(Path(d) / "m2v", pca_dims=256)
+            variants.append(("m2v_t1", "m2v", 1))
+
+        def top5(q: np.ndarray, p: np.ndarray, leave_one_out: bool = False) -> np.ndarray:
+            sims = q @ p.T  # [n, pool]
+            if leave_one_out:
+                np.fill_diagonal(sims, -np.inf)
+            return np.argsort(-sims, axis=1)[:, :5]
+
+        def overlap(top: np.ndarray, ref_top: np.ndarray) -> float:
+            return float(
+                np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, ref_top, strict=True)])
+            )
+
         ref_enc = Encoder(src, threads=1)
         ref, ref_pool = ref_enc.encode(queries), ref_enc.encode(pool)
-        ref_top = np.argsort(-(ref @ ref_pool.T), axis=1)[:, :5]
-        for name, kind, threads in (
-            ("fp32_t1", "fp32", 1),
-            ("fp32_t2", "fp32", 2),
-            ("int8_t1", "int8", 1),
-            ("int8pc_t1", "int8pc", 1),
-        ):
+        ref_top, ref_pool_top = top5(ref, ref_pool), top5(ref_pool, ref_pool, True)
+        for name, kind, threads in variants:
             enc = Encoder(folders[kind], threads=threads)
             enc.encode(queries[:1])
             ms = [_timed(lambda q=q, e=enc: e.encode([q])) * 1e3 for q in queries * 3]
-            got = enc.encode(queries)
-            top = np.argsort(-(got @ enc.encode(pool).T), axis=1)[:, :5]
+            got, got_pool = enc.encode(queries), enc.encode(pool)
             out[f"{name}_ms"] = _median(ms)
-            out[f"{name}_min_cosine_vs_fp32"] = float((got * ref).sum(1).min())
-            out[f"{name}_top5_overlap"] = float(
-                np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top, ref_top, strict=True)])
-            )
-        out["query_tokens_median"] = _median([len(enc._tokenizer.encode(q).ids) for q in queries])
+            if enc.kind == "onnx":  # the static encoder embeds in a space of its own
+                out[f"{name}_min_cosine_vs_fp32"] = float((got * ref).sum(1).min())
+            out[f"{name}_top5_overlap"] = overlap(top5(got, got_pool), ref_top)
+            out[f"{name}_pool_top5_overlap"] = overlap(top5(got_pool, got_pool, True), ref_pool_top)
+        out["query_tokens_median"] = _median(
+            [len(ref_enc._tokenizer.encode(q).ids) for q in queries]
+        )
     return out
 
 

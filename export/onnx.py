@@ -84,6 +84,13 @@ def _encoder_is_valid(out_dir: Path) -> bool:
         return False
 
 
+def _is_static(folder: Path) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("kind") == "static"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def export_encoder(out_dir: Path | None = None, *, force: bool = False) -> Path:
     """all-MiniLM-L6-v2 -> ``out_dir/{model.onnx, tokenizer.json, encoder.json}``; returns out_dir.
 
@@ -92,6 +99,8 @@ def export_encoder(out_dir: Path | None = None, *, force: bool = False) -> Path:
     out_dir = Path(out_dir) if out_dir is not None else default_encoder_dir()
     if not force and _encoder_is_valid(out_dir):
         return out_dir
+    if not force and _is_static(out_dir):
+        return out_dir  # a static encoder (export.static_encoder): never overwrite it
     src = encoder_source_dir()
     settings = _encoder_settings(src)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; the source is a local folder

@@ -4,6 +4,8 @@ Embeddings are mean-pooled over real tokens (attention mask) and L2-normalised, 
 sentence-transformers does, so keys built offline and queries embedded here live in one space.
 A profile stores the embedding of :data:`PROBE_SENTENCE`; :meth:`Encoder.check_compatible`
 re-embeds it to refuse an encoder that would put queries in a different space than the keys.
+A manifest with ``"kind": "static"`` is a model2vec folder instead (``fints_edge.encode_static``:
+token rows averaged in numpy, no ONNX); a missing "kind" is "onnx".
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fints_edge.encode_static import StaticEmbeddings
 from fints_edge.errors import FintsEdgeError
 
 PROBE_SENTENCE = "A short probe sentence to check that two sentence encoders agree."
@@ -23,6 +26,7 @@ MANIFEST = "encoder.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 PROBE_MIN_COSINE = 0.99
+KINDS = ("onnx", "static")  # encoder.json "kind"; a missing one is "onnx"
 
 _EXPORT_HINT = "export it with `python -m export.onnx --force`"
 
@@ -37,11 +41,16 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise FintsEdgeError(f"{path}: corrupt encoder manifest ({e}); {_EXPORT_HINT}") from e
     if m.get("pooling") != "mean" or m.get("normalize") is not True or dim < 1 or max_length < 2:
         raise FintsEdgeError(f"{path}: unsupported encoder settings {str(m)[:200]}; {_EXPORT_HINT}")
-    return {"name": name, "dim": dim, "max_length": max_length}
+    kind = m.get("kind", "onnx")
+    if kind not in KINDS:
+        raise FintsEdgeError(f"{path}: unknown encoder kind {kind!r} (known: {', '.join(KINDS)})")
+    return {**m, "name": name, "dim": dim, "max_length": max_length, "kind": kind}
 
 
 class Encoder:
-    """``Encoder(dir).encode(["some text"])`` -> float32 [1, d] unit vectors."""
+    """``Encoder(dir).encode(["some text"])`` -> float32 [1, d] unit vectors.
+
+    ``threads`` sets onnxruntime's threads; a static encoder needs none (one numpy mean)."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
         import onnxruntime as ort
@@ -52,6 +61,12 @@ class Encoder:
         self.name: str = manifest["name"]
         self.dim: int = manifest["dim"]
         self.max_length: int = manifest["max_length"]
+        self.kind: str = manifest["kind"]
+        self._static: StaticEmbeddings | None = None
+        if self.kind == "static":
+            self._static = StaticEmbeddings(self.path, manifest)
+            self._probe = self._static.encode([PROBE_SENTENCE])[0]  # float32 [d]
+            return
         for f in (MODEL_FILE, TOKENIZER_FILE):
             if not (self.path / f).is_file():
                 raise FintsEdgeError(f"{self.path / f}: missing; {_EXPORT_HINT}")
@@ -111,6 +126,8 @@ class Encoder:
         return out
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        if self._static is not None:
+            return self._static.encode(texts)
         encs = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encs], dtype=np.int64)  # [b, t]
         mask = np.array([e.attention_mask for e in encs], dtype=np.int64)  # [b, t]
