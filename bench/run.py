@@ -232,6 +232,37 @@ def torch_decode_tps(
     return _median(speeds)
 
 
+def ttft_bench(model: Path, profile_path: Path, queries: Sequence[str], reps: int) -> dict:
+    """Time to first token as a user sees it, steered (the chat's defaults: encode, retrieve,
+    aggregate, then the steered prompt) and unsteered, the same prompts, interleaved, 1 thread:
+    wall time from the request to the first text piece."""
+    from fints_edge.engine import Engine, EngineConfig
+
+    def first_piece_ms(engine: Engine, text: str, steer: bool) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        stream = engine.stream(text, steer=steer)
+        next(stream)
+        ms = (time.perf_counter() - t0) * 1e3
+        *_, reply = stream  # finish (and clear the steering) before the next request
+        return ms, reply.timings_ms
+
+    steered, plain, plan_ms = [], [], []
+    with Engine(model, profile_path, EngineConfig(threads=1, max_tokens=4)) as engine:
+        first_piece_ms(engine, queries[0], True)  # warm-up
+        for _ in range(reps):
+            for q in queries:
+                plain.append(first_piece_ms(engine, q, False)[0])
+                ms, timings = first_piece_ms(engine, q, True)
+                steered.append(ms)
+                plan_ms.append(timings["encode"] + timings["retrieve"] + timings["aggregate"])
+    return {
+        "steered_ms": _median(steered),
+        "unsteered_ms": _median(plain),
+        "plan_ms": _median(plan_ms),
+        "ratio": _median([s / p for s, p in zip(steered, plain, strict=True)]),
+    }
+
+
 def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
     """Peak RSS of a fresh `python -m fints_edge.chat --prompt ... --json` process."""
     code = (
@@ -385,6 +416,11 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     results["torch_decode_tps_t1"] = torch_decode_tps(
         plan.vectors, sites, layers, prompt_text, 1, max(2, reps // 2)
     )
+    print("time to first token, steered vs unsteered...", file=sys.stderr)
+    results["ttft"] = ttft_bench(model, profile_path, queries[:6], max(3, reps // 2))
+    results["ttft_ratio"] = results["ttft"]["ratio"]
+    # the encoder in use is the fp32 one: its neighbours are the reference's by construction
+    results["retrieval_top5_overlap"] = results["encoder"]["fp32_t1_pool_top5_overlap"]
     print("chat peak RSS, profile size, build throughput...", file=sys.stderr)
     results["chat_peak_rss_mb"] = chat_peak_rss_mb(profile_path, prompt_text)
     results.update(profile_size(profile))
@@ -411,10 +447,13 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     return results
 
 
-TARGETS = {
-    "cvec_decode_ratio": (">=", 0.98),
-    "exact_decode_ratio": (">=", 0.90),
+TARGETS = {  # issue 17's, and the earlier ones it keeps
+    "cvec_decode_ratio": (">=", 0.99),
+    "exact_decode_ratio": (">=", 0.97),
     "setup_ms_1k": ("<=", 5.0),
+    "ttft_ratio": ("<=", 1.03),
+    "retrieval_top5_overlap": (">=", 0.9),
+    "chat_peak_rss_mb": ("<=", 400.0),
     "edge_vs_torch_decode_speedup": (">=", 5.0),
     "profile_bytes_per_item_per_layer": ("<=", 4096),
 }
@@ -447,6 +486,8 @@ def render_readme(r: dict) -> str:
         "setup_ms_1k",
         "setup_ms_10k",
         "setup_ms_1k_t2",
+        "ttft_ratio",
+        "retrieval_top5_overlap",
         "edge_vs_torch_decode_speedup",
         "profile_bytes_per_item",
         "profile_bytes_per_item_per_layer",
@@ -508,14 +549,28 @@ def render_readme(r: dict) -> str:
         "## Encoder forward pass (ms per query, median query "
         f"{e['query_tokens_median']:.0f} tokens)",
         "",
-        "| variant | ms | min cosine vs fp32 | top-5 overlap with fp32 (330-input pool) |",
-        "|---|---|---|---|",
+        "| variant | ms | min cosine vs fp32 | top-5 overlap with fp32: bench queries | "
+        "pool inputs (each among the other 329) |",
+        "|---|---|---|---|---|",
     ]
-    for v in ("fp32_t1", "fp32_t2", "int8_t1", "int8pc_t1"):
+
+    def cell(key: str, digits: int) -> str:
+        return f"{e[key]:.{digits}f}" if key in e else "n/a"
+
+    variants = (
+        "fp32_t1",
+        "fp32_t2",
+        "fp32len32_t1",
+        "int8_t1",
+        "int8pc_t1",
+        "int8mix_t1",
+        "m2v_t1",
+    )
+    for v in variants:
         if f"{v}_ms" in e:
             lines.append(
-                f"| {v} | {e[f'{v}_ms']:.2f} | {e[f'{v}_min_cosine_vs_fp32']:.4f} | "
-                f"{e.get(f'{v}_top5_overlap', float('nan')):.3f} |"
+                f"| {v} | {e[f'{v}_ms']:.2f} | {cell(f'{v}_min_cosine_vs_fp32', 4)} | "
+                f"{cell(f'{v}_top5_overlap', 3)} | {cell(f'{v}_pool_top5_overlap', 3)} |"
             )
     if "serve" in r:
         from bench.serve import render as render_serve
@@ -549,8 +604,30 @@ def render_readme(r: dict) -> str:
             "callback (llama.cpp pauses the graph to ask Python about tensors) and the rest the "
             "in-place adds; on a shared machine this figure sits on the 5x line from run to run."
         )
+    if "exact_decode_ratio" in missed:
+        s1 = r["speed_t1"]
+        idle = s1["callback_idle_decode_tps"] / s1["unsteered_decode_tps"]
+        lines.append(
+            f"- `exact_decode_ratio`: {r['exact_decode_ratio']:.3f}. An idle eval callback alone "
+            f"decodes at {idle:.3f} of unsteered: llama.cpp asks Python about every graph node of "
+            "every token (ctypes round trips), whether or not it is steered. The rest is the "
+            "steered tensor itself: the graph computation stops at it for Python to add the "
+            "vector in place, once per layer and token. The control vector (`cvec`) has no "
+            "callback; hybrid injection (MLP site through it) cannot help the attention-only "
+            "profiles the method now builds."
+        )
+    if "ttft_ratio" in missed:
+        t = r["ttft"]
+        lines.append(
+            f"- `ttft_ratio`: {t['ratio']:.3f} ({t['steered_ms']:.1f} vs {t['unsteered_ms']:.1f} ms "
+            f"to the first piece). Planning (encode, retrieve, aggregate) is {t['plan_ms']:.1f} ms of "
+            "it, almost all the encoder; the steered prompt pays the eval callback on top. The "
+            "method kept steering the prompt (prompt strength 1; 0 tied on dev), so the prompt's "
+            "KV depends on the steering and cannot be computed while the encoder runs."
+        )
+    explained = ("setup_ms_1k", "edge_vs_torch_decode_speedup", "exact_decode_ratio", "ttft_ratio")
     for k in missed:
-        if k not in ("setup_ms_1k", "edge_vs_torch_decode_speedup"):
+        if k not in explained:
             lines.append(
                 f"- `{k}`: {r[k]:.3f}, target {TARGETS[k][0]} {TARGETS[k][1]:g}; not yet explained."
             )
