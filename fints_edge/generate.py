@@ -110,8 +110,6 @@ class Generation:
         buf = ctypes.create_string_buffer(64)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.llm.set_seed(self.seed)  # as create_completion(seed=...) does
-        import llama_cpp
-
         processors = None
         if self.logits_processor is not None:
             processors = llama_cpp.LogitsProcessorList([self.logits_processor])
