@@ -298,14 +298,32 @@ def profile_size(profile) -> dict:
         p = p.with_items(
             profile.signals, profile.keys, profile.inputs.tolist(), profile.outputs.tolist()
         )
+    from fints_edge.index import Index
+    from fints_edge.profile import Profile
+
     with tempfile.TemporaryDirectory() as d:
-        size = p.save(Path(d) / "p.npz").stat().st_size
+        path = p.save(Path(d) / "p.npz")
+        size = path.stat().st_size
+        load_ms = _median([_timed(lambda: Index(Profile.load(path).keys)) * 1e3 for _ in range(5)])
     per_item = size / p.n_items
     return {
         "profile_bytes_per_item": per_item,
         "profile_bytes_per_item_per_layer": per_item / p.layers.size,
         "profile_layers": int(p.layers.size),
+        "profile_load_ms_1k": load_ms,  # Profile.load (all checks) + the retrieval index
     }
+
+
+def model_load_ms(model: Path) -> float:
+    """Opening the Q4 GGUF with the eval callback (what the chat does), 1 thread, median of 3."""
+    from fints_edge.inject import open_steerable
+
+    def once() -> None:
+        llm, _ = open_steerable(model, "exact", n_ctx=2048, n_threads=1)
+        llm.close()
+
+    once()  # the file in the page cache, as on a phone's second start
+    return _median([_timed(once) * 1e3 for _ in range(3)])
 
 
 def build_throughput(threads: int) -> float:
@@ -424,6 +442,7 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     print("chat peak RSS, profile size, build throughput...", file=sys.stderr)
     results["chat_peak_rss_mb"] = chat_peak_rss_mb(profile_path, prompt_text)
     results.update(profile_size(profile))
+    results["model_load_ms"] = model_load_ms(model)
     results["build_items_per_s_torch"] = build_throughput(2)
     print("on-device learning...", file=sys.stderr)
     results["learn"] = learn_bench(model, profile, threads=2)
@@ -499,6 +518,29 @@ def render_readme(r: dict) -> str:
         if r.get(key) is None:
             continue
         lines.append(f"| `{key}` | {r[key]:.3f} | {met(key) if key in TARGETS else ''} |")
+    if "model_load_ms" in r:
+        s1 = r["speed_t1"]
+        lines += [
+            "",
+            "## Phone budget (1 thread, the Q4 model, a 1,000-item profile)",
+            "",
+            "| figure | here (x86, 1 thread) |",
+            "|---|---|",
+            f"| chat peak RSS | {r['chat_peak_rss_mb']:.0f} MB |",
+            f"| model load (page cache warm) | {r['model_load_ms']:.0f} ms |",
+            f"| profile load + index, 1,000 items | {r['profile_load_ms_1k']:.1f} ms |",
+            f"| per-request set-up, 1,000 items | {r['setup_ms_1k']:.1f} ms |",
+            f"| decode, unsteered / exact / cvec | {s1['unsteered_decode_tps']:.0f} / "
+            f"{s1['exact_decode_tps']:.0f} / {s1['cvec_decode_tps']:.0f} tok/s |",
+            f"| prompt | {s1['unsteered_prompt_tps']:.0f} tok/s |",
+            "",
+            "On an Android phone with the same core count (an estimate, not a measurement): "
+            "memory and load times carry over (the same files and the same code); speeds depend "
+            "on the core (an ARM big core at 2-3 GHz with NEON runs llama.cpp's Q4 kernels at "
+            "roughly half to the same speed as one core here), and a phone throttles under a "
+            "sustained load, so expect decode somewhere between half and these figures. The "
+            "server's RSS was not measured separately (the same engine plus Starlette).",
+        ]
     lines += [
         "",
         "## Speed (tokens/s)",
