@@ -52,12 +52,15 @@ def decode_bench(
     plain, cvec = open_steerable(model, "cvec", n_ctx=512, n_threads=threads)
     cb_llm, exact = open_steerable(model, "exact", n_ctx=512, n_threads=threads)
     prompt = plain.tokenize(prompt_text.encode(), add_bos=False, special=True)
-    # "callback_idle": the exact-mode context with its callback installed but nothing to add.
+    # "callback_idle": the exact-mode context with its callback installed but nothing to add;
+    # "callback_pause": the steered tensors requested (llama.cpp stops the graph at each and
+    # calls Python) but nothing added: what the request costs apart from the add itself.
     runs: dict[str, list[tuple[float, float]]] = {
         "unsteered": [],
         "cvec": [],
         "exact": [],
         "callback_idle": [],
+        "callback_pause": [],
     }
     try:
         _speed(plain, prompt), _speed(cb_llm, prompt)  # warm-up
@@ -69,6 +72,9 @@ def decode_bench(
             runs["callback_idle"].append(_speed(cb_llm, prompt))
             exact.set(plan_vectors, sites, layers)
             runs["exact"].append(_speed(cb_llm, prompt))
+            exact._add_main = lambda *_: None  # type: ignore[method-assign]
+            runs["callback_pause"].append(_speed(cb_llm, prompt))
+            del exact._add_main  # the class's method again
             exact.clear()
     finally:
         plain.close()
@@ -550,8 +556,11 @@ def render_readme(r: dict) -> str:
     ]
     for t in (1, 2):
         s = r[f"speed_t{t}"]
-        for v in ("unsteered", "cvec", "callback_idle", "exact"):
-            lines.append(f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |")
+        for v in ("unsteered", "cvec", "callback_idle", "callback_pause", "exact"):
+            if f"{v}_decode_tps" in s:
+                lines.append(
+                    f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |"
+                )
     lines.append(f"| 1 | torch fp32 reference (hooks) | | {r['torch_decode_tps_t1']:.1f} |")
     lines += [
         "",
@@ -649,14 +658,17 @@ def render_readme(r: dict) -> str:
     if "exact_decode_ratio" in missed:
         s1 = r["speed_t1"]
         idle = s1["callback_idle_decode_tps"] / s1["unsteered_decode_tps"]
+        pause = s1.get("callback_pause_decode_tps", float("nan")) / s1["unsteered_decode_tps"]
         lines.append(
             f"- `exact_decode_ratio`: {r['exact_decode_ratio']:.3f}. An idle eval callback alone "
             f"decodes at {idle:.3f} of unsteered: llama.cpp asks Python about every graph node of "
-            "every token (ctypes round trips), whether or not it is steered. The rest is the "
-            "steered tensor itself: the graph computation stops at it for Python to add the "
-            "vector in place, once per layer and token. The control vector (`cvec`) has no "
-            "callback; hybrid injection (MLP site through it) cannot help the attention-only "
-            "profiles the method now builds."
+            "every token (ctypes round trips), whether or not it is steered. Requesting the "
+            f"steered tensor without adding anything gives {pause:.3f}: the graph computation "
+            "stops at it and hands it to Python, once per steered layer and token; the add itself "
+            "is the rest. Faster Python cannot remove the stops; only llama.cpp's own control "
+            "vector (`cvec`, no callback) does, and it is exact for the MLP site only. A hybrid "
+            "mode (MLP site through the control vector) cannot help the attention-only profiles "
+            "the method now builds."
         )
     if "ttft_ratio" in missed:
         t = r["ttft"]
