@@ -3,8 +3,8 @@
 Layer x strength first (absolute multipliers, then shares of the residual norm), then sites, K
 and similarity weighting, then each method idea of issue 15 in turn (the novelty gate, steering
 the answer only or the prompt at half strength, a window of layers, per-item normalisation,
-norm-preserving injection, the repeat fade, the repeat block), then strength again around the result; each stage
-keeps the best.
+mean-centring, norm-preserving injection, the repeat fade, the repeat block), then strength
+again around the result; each stage keeps the best.
 A difference of at most one dev answer is a tie, measured against the best seen so far (so a
 chain of ties cannot drift down), and ties go to the setting that keeps more of the unsteered
 answer's topic (content kept). Every tried setting is recorded for the report.
