@@ -287,7 +287,7 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
             "",
             f"sha256 `{e['model']['sha256']}`, {e['model']['n_layer']} layers. Command: "
             f"`{e['command']}` ({e['seconds'] / 60:.0f} min; {e['cache']['reused']} of "
-            f"{e['cache']['answers']} answers reused from an earlier, interrupted run).",
+            f"{e['cache']['answers']} answers reused from earlier runs through the run cache).",
             f"Setting chosen on dev: **{e['sweep']['chosen_label']}**.",
             "",
             "### The fluency check",
