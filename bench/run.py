@@ -409,7 +409,7 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     prompt_text = TASK + snippets("test")[0]
     with Engine(model, profile_path, EngineConfig(threads=1)) as engine:
         plan = engine.plan(prompt_text)
-        prompt_rendered = engine._prompt_tokens(engine.messages(prompt_text, None))
+        prompt_rendered = engine.prompt_ids(engine.messages(prompt_text, None))
         prompt_str = engine.llm.detokenize(prompt_rendered, special=True).decode()
     sites, layers = profile.sites, profile.layers.tolist()
     results: dict = {"model": model.name, "n_gen": N_GEN, "reps": reps}

@@ -196,7 +196,7 @@ class Runner:
         try:
             return self._answer(method, text, s, seed)
         except FintsEdgeError as e:
-            self.exact._fresh_context()  # the next request starts clean
+            self.exact.reset_context()  # the next request starts clean
             return {"prediction": "", "prompt_tokens": None, "first_token_ms": None,
                     "error": " ".join(str(e).split())}  # fmt: skip
 
@@ -238,9 +238,9 @@ class Runner:
         if p is None or p.user_path != engine.profile_path:
             p = self._prefix = _PrefixCache(engine.profile_path, central_items(engine.profile))
         messages = self._prefix_messages(engine, p.examples, text)
-        prompt = engine._prompt_tokens(messages)
+        prompt = engine.prompt_ids(messages)
         t0 = time.perf_counter()
-        engine._fresh_context()
+        engine.reset_context()
         cold = p.state is None
         if cold:
             p.prefix_tokens = self._shared_prefix(engine, p.examples)
@@ -256,7 +256,7 @@ class Runner:
         first = ((gen.first_token_time or time.perf_counter()) - t0) * 1e3
         if cold:
             p.cold_ms = first
-        engine._fresh_context()
+        engine.reset_context()
         return {"prediction": reply, "prompt_tokens": len(prompt), "first_token_ms": first,
                 "cold": cold}  # fmt: skip
 
@@ -272,8 +272,8 @@ class Runner:
 
     def _shared_prefix(self, engine: Engine, examples: list[int]) -> list[int]:
         """Tokens every request of this user starts with: what two different inputs share."""
-        a = engine._prompt_tokens(self._prefix_messages(engine, examples, "a"))
-        b = engine._prompt_tokens(self._prefix_messages(engine, examples, "zz"))
+        a = engine.prompt_ids(self._prefix_messages(engine, examples, "a"))
+        b = engine.prompt_ids(self._prefix_messages(engine, examples, "zz"))
         n = 0
         while n < min(len(a), len(b)) and a[n] == b[n]:
             n += 1

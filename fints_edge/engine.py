@@ -340,11 +340,11 @@ class Engine:
         c = self.config
         if plan is None and (steer or c.rag):
             plan = self.plan(text)
-        prompt = self._prompt_tokens(self.messages(text, plan))
+        prompt = self.prompt_ids(self.messages(text, plan))
         t0 = time.perf_counter()
         vectors = plan.vectors if (steer and plan is not None) else None
         opening = plan.opening if (steer and plan is not None) else None
-        self._fresh_context()  # never reuse KV computed under different steering
+        self.reset_context()  # never reuse KV computed under different steering
         callback = self.injector if isinstance(self.injector, CallbackInjector) else None
         fade = block = None  # loop guards of steered answers: nothing to guard at strength 0
         if vectors is not None and vectors.any() and c.repeat_fade < 1.0:
@@ -370,7 +370,7 @@ class Engine:
                     pieces.append(piece)
                     yield piece
         except BaseException:
-            self._fresh_context()  # a failed decode can leave half-written KV behind
+            self.reset_context()  # a failed decode can leave half-written KV behind
             raise
         t_end = time.perf_counter()
         timings = dict(plan.timings_ms) if plan else {}
@@ -454,8 +454,9 @@ class Engine:
             )
         return self._learner
 
-    def _fresh_context(self) -> None:
-        """Forget every cached token (KV included); the eval callback counts from position 0."""
+    def reset_context(self) -> None:
+        """Forget every cached token (KV included); the eval callback counts from position 0.
+        Every request starts with it; call it after using ``llm`` directly (a restored state)."""
         self.llm.reset()
         self.llm._ctx.kv_cache_clear()
         if isinstance(self.injector, CallbackInjector):
@@ -494,8 +495,9 @@ class Engine:
         finally:
             self.injector.set_scale(1.0)
 
-    def _prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Message texts (the input, RAG examples) stay plain text: typed markers never
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """The token ids of a chat, as a request lays it out (template, room for the answer
+        checked). Message texts (the input, RAG examples) stay plain text: typed markers never
         become control tokens (fints_edge.prompt)."""
         tokens = prompt_tokens(self.llm, messages)
         room = self.config.n_ctx - self.config.max_tokens

@@ -242,7 +242,7 @@ GREEDY_PROMPTS = [
 
 
 def _prompt(engine, text, plan):
-    return engine._prompt_tokens(engine.messages(text, plan))
+    return engine.prompt_ids(engine.messages(text, plan))
 
 
 @pytest.mark.parametrize("strength", [2.0, 40.0])
@@ -256,7 +256,7 @@ def test_answers_equal_llama_cpp_greedy_completion(engine, strength):
             for steer in (False, True):
                 *pieces, got = engine.stream(text, steer=steer, plan=plan)
                 prompt = _prompt(engine, text, plan)
-                engine._fresh_context()
+                engine.reset_context()
                 with engine._steering(plan.vectors if steer else None, None, len(prompt)):
                     want = engine.llm.create_completion(
                         prompt, max_tokens=24, temperature=0.0, seed=0
@@ -314,7 +314,7 @@ def test_a_full_context_is_an_error_that_says_what_to_change_and_the_engine_reco
     ) as fresh:
         # a prompt that leaves room for 2 of the 8 tokens: llama_decode really fails (code 1)
         filler = fresh.llm.tokenize(b" word" * 300, add_bos=False)[: fresh.config.n_ctx - 2]
-        monkeypatch.setattr(fresh, "_prompt_tokens", lambda _messages: filler)
+        monkeypatch.setattr(fresh, "prompt_ids", lambda _messages: filler)
         with pytest.raises(FintsEdgeError, match=r"context \(256 tokens\) is full: lower") as e:
             fresh.reply(text)
         assert "llama_decode returned 1" in str(e.value.__cause__)

@@ -81,7 +81,7 @@ def test_engine_and_extractor_keep_inputs_and_rag_examples_plain(tiny, vocab):
     plan = Plan(np.zeros((1, 1, 1), np.float32), [item], 1.0)
     messages = Engine.messages(fake, INJECTED, plan)  # the RAG example, then the input
     assert whole_string(vocab, messages).count(IM_START) == 11
-    tokens = Engine._prompt_tokens(fake, messages)
+    tokens = Engine.prompt_ids(fake, messages)
     assert tokens.count(IM_START) == 5  # system + 3 turns + assistant: none from the texts
     llm, injector = open_steerable(tiny.gguf_path, "exact", n_ctx=128, n_threads=1)
     try:
