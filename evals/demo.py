@@ -42,9 +42,7 @@ def load_rule(out: Path, model_name: str) -> Any:
     path = out / "results.json"
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))["models"][model_name]
-        rule = entry["fluency_rule"]
-        return FluencyRule(rule["max_repetition"], rule["max_perplexity"], rule["min_topic"],
-                           rule.get("calibrated_on", 0))  # fmt: skip
+        return FluencyRule(**entry["fluency_rule"])  # written by FluencyRule.to_json
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FintsEdgeError(
             f"{path}: no fluency rule for {model_name} ({e}); run `make eval` first"
@@ -107,13 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           "all lowercase")  # fmt: skip
     if args.record:
         from evals.report import render_all
-        from fints_edge._atomic import write_text
 
         path = args.out / "results.json"
         results = json.loads(path.read_text(encoding="utf-8"))
         results["models"][model.name]["demo"] = got | {"command": "make demo"}
-        write_text(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-        render_all(args.out)
+        render_all(args.out, results)  # writes results.json, then the report
         print(f"recorded in {path}", file=sys.stderr)
     return 0
 

@@ -43,23 +43,23 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
     pred_path = predictions_file(out, model_name)
     pred_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(pred_path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds))
-    atomic_write_text(path, json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    render_all(out)
+    render_all(out, results)
 
 
-def render_all(out: Path) -> None:
-    """README.md and pareto.png from results.json, whose goal figures and product defaults are
-    brought up to date from the predictions and the runtime first."""
+def render_all(out: Path, results: dict | None = None) -> None:
+    """results.json (``results``, or the file as it is) with its goal figures and the product
+    defaults brought up to date, then README.md and pareto.png from it."""
     from evals.goals import goals
     from fints_edge.engine import EngineConfig
 
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    if results is None:
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     preds = {}
     for name, entry in results["models"].items():
+        entry["goals"] = goals(entry)
         f = predictions_file(out, name)
         if f.is_file():
             preds[name] = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x]
-            entry["goals"] = goals(preds[name])
     d = EngineConfig()
     results["defaults"] = {k: getattr(d, k) for k in DEFAULT_KNOBS}
     atomic_write_text(

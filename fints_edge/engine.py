@@ -242,11 +242,7 @@ class Engine:
             sim_full=c.sim_full,
             item_weights=recency_weights(self.profile.timestamps, ids, c.half_life_days),
         )
-        signals = self.profile.signals[ids]  # float16 [K, S, L, n_embd]
-        if self.center is not None:
-            signals = signals.astype(np.float32) - self.center
-        if c.item_norm:
-            signals = item_normalised(signals, self._typical_norms())
+        signals = self._shaped(self.profile.signals[ids])  # [K, S, L, n_embd]
         agg = self.aggregator(sims, signals, params)
         vectors = self.select(self._in_unit(agg.vectors))
         opening = None
@@ -279,13 +275,18 @@ class Engine:
     def user_vector(self) -> np.ndarray:
         """The static (CAA-style) baseline under the current config: the mean of ALL the user's
         signals, normalised, scaled and selected like a request's aggregate."""
-        c, signals = self.config, self.profile.signals
+        signals = self._shaped(self.profile.signals)
+        mean = np.asarray(signals, dtype=np.float32).mean(axis=0) * np.float32(self.config.strength)
+        return self.select(self._in_unit(mean)).astype(np.float32)
+
+    def _shaped(self, signals: np.ndarray) -> np.ndarray:
+        """Item signals [K, S, L, E] as aggregation takes them: centred on ``center`` if set,
+        each at the profile's typical norm with ``item_norm``; untouched (float16) otherwise."""
         if self.center is not None:
             signals = signals.astype(np.float32) - self.center
-        if c.item_norm:
+        if self.config.item_norm:
             signals = item_normalised(signals, self._typical_norms())
-        mean = np.asarray(signals, dtype=np.float32).mean(axis=0) * np.float32(c.strength)
-        return self.select(self._in_unit(mean)).astype(np.float32)
+        return signals
 
     def _in_unit(self, vectors: np.ndarray) -> np.ndarray:
         """[S, L, E] already x strength -> x residual norm / typical norm in "residual" units."""
@@ -347,10 +348,11 @@ class Engine:
         self.reset_context()  # never reuse KV computed under different steering
         callback = self.injector if isinstance(self.injector, CallbackInjector) else None
         fade = block = None  # loop guards of steered answers: nothing to guard at strength 0
-        if vectors is not None and vectors.any() and c.repeat_fade < 1.0:
-            fade = RepeatFade(self.injector, c.repeat_fade)
-        if vectors is not None and vectors.any() and c.block_repeats:
-            block = RepeatBlock(c.block_repeats, len(prompt))
+        if vectors is not None and vectors.any():
+            if c.repeat_fade < 1.0:
+                fade = RepeatFade(self.injector, c.repeat_fade)
+            if c.block_repeats:
+                block = RepeatBlock(c.block_repeats, len(prompt))
         gen = Generation(
             self.llm,
             prompt,
