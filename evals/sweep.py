@@ -32,7 +32,7 @@ class Grid:
     gates: tuple[tuple[float, float], ...] = ((0.2, 0.5),)  # novelty gate (floor, full)
     prompt_strengths: tuple[float, ...] = (0.0, 0.5)
     fades: tuple[float, ...] = (0.5,)
-    blocks: tuple[int, ...] = (4,)  # no-repeat n-gram sizes for steered answers
+    blocks: tuple[int, ...] = (4, 3)  # no-repeat token n-gram sizes for steered answers
     retune: tuple[float, ...] = (0.5, 1.5)  # final strength multipliers
 
 
