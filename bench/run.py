@@ -56,15 +56,19 @@ def decode_bench(
         model, "exact", native_filter=False, n_ctx=512, n_threads=threads
     )
     prompt = plain.tokenize(prompt_text.encode(), add_bos=False, special=True)
+    both = np.concatenate([plan_vectors.sum(axis=0, keepdims=True)] * 2)  # [2, L, n_embd]
     # "callback_idle": the exact-mode context with its callback installed but nothing to add;
     # "callback_pause": the steered tensors requested (llama.cpp stops the graph at each and
     # calls Python) but nothing added: what the request costs apart from the add itself.
     # "exact_python": the exact mode without the C filter (Python answers every node's question).
+    # "exact_both": both sites steered at every layer of the plan (a both-site profile: two
+    # graph stops per layer), what a hybrid mode (MLP site by control vector) would have saved.
     runs: dict[str, list[tuple[float, float]]] = {
         "unsteered": [],
         "cvec": [],
         "exact": [],
         "exact_python": [],
+        "exact_both": [],
         "callback_idle": [],
         "callback_pause": [],
     }
@@ -85,6 +89,9 @@ def decode_bench(
             py_exact.set(plan_vectors, sites, layers)
             runs["exact_python"].append(_speed(py_llm, prompt))
             py_exact.clear()
+            exact.set(both, ("attn", "mlp"), layers)
+            runs["exact_both"].append(_speed(cb_llm, prompt))
+            exact.clear()
     finally:
         plain.close()
         cb_llm.close()
@@ -573,12 +580,25 @@ def render_readme(r: dict) -> str:
     ]
     for t in (1, 2):
         s = r[f"speed_t{t}"]
-        for v in ("unsteered", "cvec", "callback_idle", "callback_pause", "exact", "exact_python"):
+        variants = ("unsteered", "cvec", "callback_idle", "callback_pause", "exact", "exact_both",
+                    "exact_python")  # fmt: skip
+        for v in variants:
             if f"{v}_decode_tps" in s:
                 lines.append(
                     f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |"
                 )
     lines.append(f"| 1 | torch fp32 reference (hooks) | | {r['torch_decode_tps_t1']:.1f} |")
+    s1 = r["speed_t1"]
+    if "exact_both_decode_tps" in s1:
+        lines += [
+            "",
+            f"`exact_both` steers both sites (two graph stops per layer) and decodes at "
+            f"{s1['exact_both_decode_tps'] / s1['unsteered_decode_tps']:.3f} of unsteered; "
+            f"`exact_python` is the exact mode without the C eval filter "
+            f"({s1['exact_python_decode_tps'] / s1['unsteered_decode_tps']:.3f}). With the filter "
+            "a hybrid mode (the MLP site through the control vector) has nothing left to save, "
+            "so it was not built.",
+        ]
     lines += [
         "",
         "## Per-request steering set-up (ms; 1 thread, the `_t2` row: a 2-thread encoder)",

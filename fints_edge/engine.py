@@ -58,7 +58,7 @@ class EngineConfig:
     prompt_strength: float = 1.0  # share of the steering on the prompt but its last token
     preserve_norm: bool = False  # keep each steered hidden state's norm (exact mode)
     repeat_fade: float = 0.5  # steering x this at each repeated token 4-gram; 1 = off
-    block_repeats: int = 4  # steered answers may not repeat a token n-gram of this size; 0 = off
+    block_repeats: int = 3  # steered answers may not repeat a token n-gram of this size; 0 = off
     temperature: float = 0.0  # aggregation softmax temperature; 0 = uniform mean (paper default)
     sim_floor: float = 0.0  # novelty gate: steering fades out as the best similarity nears this
     sim_full: float = 0.0  # ... and is full above this; sim_full <= sim_floor disables the gate

@@ -1,4 +1,4 @@
-"""The optional C eval filter (``native/eval_filter.c``): exact mode without Python in every node.
+"""The optional C eval filter (``c_src/eval_filter.c``): exact mode without Python in every node.
 
 llama.cpp asks the eval callback about each graph node; answered in Python that costs ~6% of
 decode speed. The filter answers in C from a list of tensor names and calls Python only for those.
@@ -28,7 +28,7 @@ from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir
 from fints_edge.errors import FintsEdgeError
 
-SOURCE = Path(__file__).with_name("native") / "eval_filter.c"
+SOURCE = Path(__file__).with_name("c_src") / "eval_filter.c"
 ABI = 1  # fe_filter_abi() of the source this module speaks to
 MAX_NAMES = 128  # FE_MAX_NAMES
 NAME_LEN = 64  # FE_NAME_LEN (GGML_MAX_NAME)
