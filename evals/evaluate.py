@@ -141,7 +141,8 @@ class Evaluation:
                 learner = Learner(ex, self.encoder, rouge_threshold=rouge_threshold)
                 for u, path in tqdm(todo, desc=f"profiles {tag}", unit="user"):
                     try:
-                        paths[u.user] = learner.new_profile(u.items(), progress=False).save(path)
+                        profile = learner.new_profile(u.items(), opening=True, progress=False)
+                        paths[u.user] = profile.save(path)
                     except FintsEdgeError as e:
                         self.failed_profiles[u.user] = str(e)
                         say(f"no profile for {u.user}: {e}")

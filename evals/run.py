@@ -59,6 +59,7 @@ class Setting:
     sim_full: float = 0.0
     center: bool = False  # subtract the other users' mean signal (leave-one-out, same benchmark)
     block_repeats: int = 0
+    opening_strength: float = 0.0  # opening signals at the answer's first positions (exact)
 
     def label(self) -> str:
         unit = "r" if self.strength_unit == "residual" else "x"
@@ -75,6 +76,7 @@ class Setting:
             f"gate {self.sim_floor:g}-{self.sim_full:g}" if self.sim_full > self.sim_floor else "",
             "centred" if self.center else "",
             f"block {self.block_repeats}" if self.block_repeats else "",
+            f"opening {self.opening_strength:g}" if self.opening_strength else "",
         ]
         return " ".join([s, *(e for e in extras if e)])
 
@@ -93,6 +95,7 @@ class Setting:
             "preserve_norm": self.preserve_norm,
             "repeat_fade": self.repeat_fade,
             "block_repeats": self.block_repeats,
+            "opening_strength": self.opening_strength,
             "sim_floor": self.sim_floor,
             "sim_full": self.sim_full,
         }
@@ -186,8 +189,8 @@ class Runner:
 
     def _configure(self, engine: Engine, s: Setting, rag: int) -> None:
         config = s.engine_config()
-        if engine.config.mode == "cvec":  # the control vector cannot rescale hidden states
-            config.update(preserve_norm=False)
+        if engine.config.mode == "cvec":  # the control vector has no positions, no rescaling
+            config.update(preserve_norm=False, opening_strength=0.0)
         engine.configure(rag=rag, **config)
 
     def answer(self, method: str, text: str, s: Setting, seed: int = 0) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 Layer x strength first (absolute multipliers, then shares of the residual norm), then sites, K
 and similarity weighting, then each method idea of issue 15 in turn (the novelty gate, steering
 the answer only or the prompt at half strength, a window of layers, per-item normalisation,
-mean-centring, norm-preserving injection, the repeat fade, the repeat block), then strength
-again around the result; each stage keeps the best.
+mean-centring, norm-preserving injection, the repeat fade, the repeat block, opening signals at
+the answer's first positions), then strength again around the result; each stage keeps the best.
 A difference of at most one dev answer is a tie, measured against the best seen so far (so a
 chain of ties cannot drift down), and ties go to the setting that keeps more of the unsteered
 answer's topic (content kept). Every tried setting is recorded for the report.
@@ -33,6 +33,7 @@ class Grid:
     prompt_strengths: tuple[float, ...] = (0.0, 0.5)
     fades: tuple[float, ...] = (0.5,)
     blocks: tuple[int, ...] = (4, 3)  # no-repeat token n-gram sizes for steered answers
+    openings: tuple[float, ...] = (1.0, 2.0)  # opening strength as multiples of the strength
     retune: tuple[float, ...] = (0.5, 1.5)  # final strength multipliers
 
 
@@ -95,6 +96,7 @@ def sweep(run: Callable[[Setting, str], list[dict]], grid: Grid, n_layer: int, n
     consider([replace(best, preserve_norm=True)], "keep-norm")
     consider([replace(best, repeat_fade=f) for f in grid.fades], "fade")
     consider([replace(best, block_repeats=n) for n in grid.blocks], "block")
+    consider([replace(best, opening_strength=best.strength * m) for m in grid.openings], "opening")
     consider([replace(best, strength=best.strength * m) for m in grid.retune], "retune")
     return best, tried
 

@@ -157,7 +157,7 @@ class Engine:
             self._stack.close()
             raise
         self._learner: Learner | None = None
-        self._typical: tuple[Profile, np.ndarray] | None = None
+        self._typical: dict[str, tuple[Profile, np.ndarray]] = {}  # "signals"/"opening" -> norms
         # float32 [S, L, n_embd] subtracted from every item signal before aggregation: what a
         # reference set of other users shares (mean-centring); None = off
         self.center: np.ndarray | None = None
@@ -247,8 +247,14 @@ class Engine:
         vectors = self.select(self._in_unit(agg.vectors))
         opening = None
         if c.opening_strength and self.profile.opening is not None:
-            params = replace(params, strength=c.opening_strength)
-            opening = self.select(self.aggregator(sims, self.profile.opening[ids], params).vectors)
+            # in the same units as the main signals: the opening's own typical norm plays
+            # the part the signals' plays (item norm, residual units); no centring
+            typical = self._typical_norms("opening")
+            first = self.profile.opening[ids]  # [K, S, L, n_embd]
+            if c.item_norm:
+                first = item_normalised(first, typical)
+            first_agg = self.aggregator(sims, first, replace(params, strength=c.opening_strength))
+            opening = self.select(self._in_unit(first_agg.vectors, typical))
         t3 = time.perf_counter()
         retrieved: list[Retrieved] = [
             {
@@ -288,18 +294,23 @@ class Engine:
             signals = item_normalised(signals, self._typical_norms())
         return signals
 
-    def _in_unit(self, vectors: np.ndarray) -> np.ndarray:
-        """[S, L, E] already x strength -> x residual norm / typical norm in "residual" units."""
+    def _in_unit(self, vectors: np.ndarray, typical: np.ndarray | None = None) -> np.ndarray:
+        """[S, L, E] already x strength -> x residual norm / typical norm in "residual" units
+        (``typical``: [S, L] norms of the signals aggregated; default the main signals')."""
         if self.config.strength_unit == "absolute":
             return vectors
-        factor = relative_factor(self.profile.residual_norms, self._typical_norms())  # [S, L]
+        typical = self._typical_norms() if typical is None else typical
+        factor = relative_factor(self.profile.residual_norms, typical)  # [S, L]
         return (vectors * factor[:, :, None]).astype(np.float32)
 
-    def _typical_norms(self) -> np.ndarray:
-        """[S, L], computed once per profile version (learning and forgetting replace it)."""
-        if self._typical is None or self._typical[0] is not self.profile:
-            self._typical = (self.profile, typical_norms(self.profile.signals))
-        return self._typical[1]
+    def _typical_norms(self, which: str = "signals") -> np.ndarray:
+        """[S, L] for the profile's ``signals`` or ``opening``, computed once per profile version
+        (learning and forgetting replace it)."""
+        cached = self._typical.get(which)
+        if cached is None or cached[0] is not self.profile:
+            cached = (self.profile, typical_norms(getattr(self.profile, which)))
+            self._typical[which] = cached
+        return cached[1]
 
     def select(self, vectors: np.ndarray) -> np.ndarray:
         """Zero the sites and layers the config leaves out (zero vectors are never injected)."""

@@ -414,18 +414,31 @@ def test_device_signals_track_torch_on_the_default_model():
 
 def test_engine_steers_openings_from_the_profile(engine_on_copy):
     """A device-built profile carries opening signals; the engine aggregates them like the others
-    (same items, same weights) and injects them only where the answer starts."""
+    (same items, same weights, the same units: item norm and residual units measured on the
+    opening signals' own typical norms) and injects them only where the answer starts."""
+    from fints_edge.scaling import item_normalised, relative_factor, typical_norms
+
     with engine_on_copy("exact") as engine:
         text = "Write a headline about the harbour."
         engine.configure(opening_strength=0.0)
         plain = engine.plan(text)
         assert plain.opening is None
-        engine.configure(opening_strength=3.0, opening_window=2)
+        engine.configure(opening_strength=3.0, opening_window=2, strength_unit="absolute",
+                         item_norm=False)  # fmt: skip
         plan = engine.plan(text)
         ids = [r["id"] for r in plan.retrieved]
         w = np.array([r["weight"] for r in plan.retrieved])
-        want = 3.0 * np.einsum("k,ksle->sle", w, engine.profile.opening[ids].astype(np.float32))
+        first = engine.profile.opening[ids].astype(np.float32)
+        want = 3.0 * np.einsum("k,ksle->sle", w, first)
         np.testing.assert_allclose(plan.opening, want, rtol=1e-4, atol=1e-4)
+        engine.configure(strength_unit="residual", item_norm=True)  # the defaults
+        typical = typical_norms(engine.profile.opening)
+        factor = relative_factor(engine.profile.residual_norms, typical)[:, :, None]
+        want = 3.0 * factor * np.einsum("k,ksle->sle", w, item_normalised(first, typical))
+        got = engine.plan(text).opening
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        assert np.abs(got - plan.opening).max() > 0.1  # the units do change the vectors
+        plan = engine.plan(text)
         calls = engine.injector.calls
         engine.reply(text, plan=plan)
         # 2 layers x 2 sites of ordinary adds per decode, plus the opening adds in the window

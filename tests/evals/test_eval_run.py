@@ -179,7 +179,7 @@ def test_sweep_tries_every_idea_and_keeps_only_the_ones_that_win():
     best, tried = sweep(run, grid, n_layer=8, n_dev=n, default_k=3)
     stages = [t["stage"] for t in tried]
     for stage in ("layer", "relative", "sites", "weights", "gate", "time", "depth",
-                  "item-norm", "center", "keep-norm", "fade", "block", "retune"):  # fmt: skip
+                  "item-norm", "center", "keep-norm", "fade", "block", "opening", "retune"):  # fmt: skip
         assert stage in stages, stage
     assert best.prompt_strength == 0.0 and best.strength_unit == "residual"
     assert not best.item_norm and not best.preserve_norm and best.repeat_fade == 1.0
