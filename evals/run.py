@@ -95,7 +95,7 @@ class Setting:
             "preserve_norm": self.preserve_norm,
             "repeat_fade": self.repeat_fade,
             "block_repeats": self.block_repeats,
-            "opening_strength": self.opening_strength,
+            "opening_scale": self.opening_strength / self.strength if self.strength else 0.0,
             "sim_floor": self.sim_floor,
             "sim_full": self.sim_full,
         }
@@ -190,7 +190,7 @@ class Runner:
     def _configure(self, engine: Engine, s: Setting, rag: int) -> None:
         config = s.engine_config()
         if engine.config.mode == "cvec":  # the control vector has no positions, no rescaling
-            config.update(preserve_norm=False, opening_strength=0.0)
+            config.update(preserve_norm=False, opening_scale=0.0)
         engine.configure(rag=rag, **config)
 
     def answer(self, method: str, text: str, s: Setting, seed: int = 0) -> dict[str, Any]:
@@ -284,7 +284,8 @@ class Runner:
 
     # -- the torch reference ----------------------------------------------------------------------
     def _torch_answer(self, text: str, s: Setting) -> dict[str, Any]:
-        """The torch reference: HF fp32 with hooks, steered by the edge's own aggregated plan."""
+        """The torch reference: HF fp32 with hooks, steered by the edge's own aggregated plan
+        (main and opening vectors; the repeat fade and block are the engine's, not here)."""
         from export.models import load_hf
         from export.reference import generate, vectors_from_array
 
@@ -296,6 +297,10 @@ class Runner:
         plan = self.exact.plan(text)
         p = self.exact.profile
         vectors = vectors_from_array(plan.vectors, p.sites, p.layers.tolist())
+        opening = None
+        if plan.opening is not None:
+            first = vectors_from_array(plan.opening, p.sites, p.layers.tolist())
+            opening = {j: v for j, v in first.items() if j in s.layers}
         t0 = time.perf_counter()
         text_out = generate(
             model,
@@ -304,6 +309,8 @@ class Runner:
             max_new_tokens=self.exact.config.max_tokens,
             prompt_format=p.prompt_format,
             vectors={j: v for j, v in vectors.items() if j in s.layers},
+            opening=opening,
+            opening_window=self.exact.config.opening_window,
             prompt_strength=s.prompt_strength,
             preserve_norm=s.preserve_norm,
         )

@@ -17,7 +17,7 @@ import numpy as np
 
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
-from fints_edge.extract import DEFAULT_ANSWER_TOKENS
+from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DEFAULT_OPENING_TOKENS
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
     ATTN_READINGS,
@@ -50,9 +50,9 @@ class BuildOptions:
     rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
     prompt_format: PromptFormat = "chat"
     max_new_tokens: int = DEFAULT_ANSWER_TOKENS
-    # Answer positions the opening signals average over; 0 = store none. Off by default: on the
-    # default model they did not help (docs/eval) and they double a profile's size.
-    opening_tokens: int = 0
+    # Answer positions the opening signals average over; 0 = store none (half the signal
+    # bytes). The chat steers with them by default (the dev sweep kept them: docs/eval).
+    opening_tokens: int = DEFAULT_OPENING_TOKENS
     encoder_dir: Path | None = None
     seed: int = 0
     progress: bool = True
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=d.opening_tokens,
         help="also store opening signals averaged over this many first answer positions, for "
-        "--opening-strength in the chat (default: 0 = none)",
+        f"--opening-scale in the chat (default: {d.opening_tokens}; 0 = none)",
     )
     p.add_argument(
         "--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)"

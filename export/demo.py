@@ -80,14 +80,15 @@ def ensure_profile(force: bool = False) -> Path:
 
         built = Profile.load(out)
         wanted = ([default_layer(built.model.n_layer)], parse_sites(DEFAULT_SITES))
-        if (built.layers.tolist(), built.sites) == wanted:
+        if (built.layers.tolist(), built.sites) == wanted and built.opening is not None:
             print(f"using the demo profile built earlier: {out}", file=sys.stderr)
             return out
         print(
-            "the default layer or sites changed since the demo profile was built", file=sys.stderr
+            "the default layer, sites or opening signals changed since the demo profile was built",
+            file=sys.stderr,
         )
     print("building the demo profile (torch, once)...", file=sys.stderr)
-    opts = BuildOptions(negatives="given")  # the default layer and sites
+    opts = BuildOptions(negatives="given")  # the default layer, sites and opening signals
     build_profile(default_gguf(), HISTORY, out, opts)
     return out
 

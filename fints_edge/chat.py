@@ -150,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="favour recent items: weight halves every DAYS before the newest item (default: off)",
     )
     steer.add_argument(
-        "--opening-strength",
+        "--opening-scale",
         type=float,
-        default=d.opening_strength,
         metavar="X",
-        help="also steer where the answer starts with the profile's opening signals "
-        "(exact mode; default: off)",
+        help="steer where the answer starts with the profile's opening signals at --strength "
+        f"x X (exact mode; default: {d.opening_scale:g}, 0 = off; profiles built without "
+        "opening signals steer without them)",
     )
     steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
 
@@ -221,9 +221,13 @@ def check_flags(args: argparse.Namespace) -> None:
         raise FintsEdgeError("--threads must be at least 1")
     if not args.half_life_days >= 0 or not math.isfinite(args.half_life_days):
         raise FintsEdgeError("--half-life must be a finite number of days >= 0 (0 = off)")
+    if args.opening_scale and args.mode != "exact":
+        raise FintsEdgeError(
+            "--opening-scale needs position-scoped injection: use --mode exact, or leave it out"
+        )
     for flag, value in (
         ("--strength", args.strength),
-        ("--opening-strength", args.opening_strength),
+        ("--opening-scale", args.opening_scale or 0.0),
         ("--temperature", args.temperature),
         ("--prompt-strength", args.prompt_strength),
         ("--repeat-fade", args.repeat_fade),
@@ -390,7 +394,11 @@ def _command(engine, session: _Session, line: str) -> str | None:
         print(f"k {engine.configure(k=_number(cmd, rest, int, least=1)).k}")
     elif cmd == "/opening":
         value = _number(cmd, rest, float)
-        print(f"opening {engine.configure(opening_strength=value).opening_strength}")
+        if engine.config.mode != "exact":
+            raise FintsEdgeError(
+                "/opening needs position-scoped injection: restart with --mode exact"
+            )
+        print(f"opening {engine.configure(opening_scale=value).opening_scale}")
     elif cmd == "/rag":
         print(f"rag {engine.configure(rag=_number(cmd, rest, int, least=0)).rag}")
     elif cmd == "/why":

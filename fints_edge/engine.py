@@ -65,7 +65,9 @@ class EngineConfig:
     sites: tuple[Site, ...] | None = None  # None = every site in the profile
     layers: tuple[int, ...] | None = None  # steer only these of the profile's layers; None = all
     half_life_days: float = 0.0  # recency: weight halves per this many days of age; 0 = off
-    opening_strength: float = 0.0  # opening signals (exact mode), where the answer starts; 0 = off
+    # opening signals where the answer starts, at strength x opening_scale (exact mode only:
+    # cvec has no positions); 0 = off
+    opening_scale: float = 1.0
     opening_window: int = 3  # positions from the last prompt token that get the opening signal
     rag: int = 0  # history examples put in the prompt (as earlier chat turns)
     max_tokens: int = 128
@@ -194,10 +196,6 @@ class Engine:
             raise FintsEdgeError(f"K must be at least 1, got {c.k}")
         if c.rag < 0 or c.max_tokens < 1:
             raise FintsEdgeError("rag must be >= 0 and max_tokens >= 1")
-        if c.opening_strength and c.mode != "exact":
-            raise FintsEdgeError(
-                "opening steering needs position-scoped injection: use --mode exact"
-            )
         if c.preserve_norm and c.mode != "exact":
             raise FintsEdgeError(
                 "norm preservation acts inside the graph: use --mode exact, or --no-keep-norm"
@@ -218,7 +216,7 @@ class Engine:
             )
         if not c.half_life_days >= 0:
             raise FintsEdgeError(f"half-life must be >= 0 days (0 = off), got {c.half_life_days}")
-        knobs = ("strength", "temperature", "sim_floor", "sim_full", "opening_strength",
+        knobs = ("strength", "temperature", "sim_floor", "sim_full", "opening_scale",
                  "prompt_strength")  # fmt: skip
         odd = [f"{n} {getattr(c, n)}" for n in knobs if not math.isfinite(getattr(c, n))]
         if odd:
@@ -246,14 +244,15 @@ class Engine:
         agg = self.aggregator(sims, signals, params)
         vectors = self.select(self._in_unit(agg.vectors))
         opening = None
-        if c.opening_strength and self.profile.opening is not None:
+        if c.opening_scale and c.mode == "exact" and self.profile.opening is not None:
             # in the same units as the main signals: the opening's own typical norm plays
             # the part the signals' plays (item norm, residual units); no centring
             typical = self._typical_norms("opening")
             first = self.profile.opening[ids]  # [K, S, L, n_embd]
             if c.item_norm:
                 first = item_normalised(first, typical)
-            first_agg = self.aggregator(sims, first, replace(params, strength=c.opening_strength))
+            first_params = replace(params, strength=c.strength * c.opening_scale)
+            first_agg = self.aggregator(sims, first, first_params)
             opening = self.select(self._in_unit(first_agg.vectors, typical))
         t3 = time.perf_counter()
         retrieved: list[Retrieved] = [

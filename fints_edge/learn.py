@@ -96,9 +96,10 @@ class Learner:
         )
 
     def new_profile(
-        self, items: Sequence[HistoryItem], *, opening: bool = False, progress: bool = True
+        self, items: Sequence[HistoryItem], *, opening: bool = True, progress: bool = True
     ) -> Profile:
-        """``opening``: also store the opening signals (twice the bytes; off by default)."""
+        """``opening``: also store the opening signals (the default steers with them; False
+        halves the signal bytes)."""
         from fints_edge.model import identity_from_llama
 
         got = self.learn(items, progress=progress)
@@ -177,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument(
         "--opening-tokens",
         type=int,
-        default=0,
-        help="also store opening signals over this many first answer positions (default: 0 = none)",
+        default=DEFAULT_OPENING_TOKENS,
+        help="also store opening signals over this many first answer positions, for "
+        f"--opening-scale (default: {DEFAULT_OPENING_TOKENS}; 0 = none, half the size)",
     )
     neg = p.add_argument_group("negatives")
     neg.add_argument(

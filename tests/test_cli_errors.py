@@ -267,6 +267,21 @@ def _cases() -> list[Case]:
         ),
         (
             "chat",
+            "--opening-scale in cvec mode",
+            [
+                "--profile",
+                "{profile}",
+                "--prompt",
+                "hi",
+                "--mode",
+                "cvec",
+                "--opening-scale",
+                "1",
+            ],
+            "--mode exact",
+        ),
+        (
+            "chat",
             "infinite --gate",
             ["--profile", "{profile}", "--prompt", "hi", "--gate", "0.2:inf"],
             "--gate",

@@ -40,11 +40,11 @@ def tiny_profile(tiny, tmp_path_factory, onnx_encoder_dir):
 
 @pytest.fixture(scope="module")
 def engine(tiny, tiny_profile, onnx_encoder_dir, onnx_aggregator_path):
-    # the plain method (the paper's absolute multiplier, no item norm, no fade): the tests below
-    # recompute its math; the shaping knobs are switched on per test
+    # the plain method (the paper's absolute multiplier, no item norm, no fade, no openings):
+    # the tests below recompute its math; the shaping knobs are switched on per test
     cfg = EngineConfig(k=3, strength=2.0, strength_unit="absolute", item_norm=False,
-                       repeat_fade=1.0, block_repeats=0, temperature=0.1, max_tokens=8, n_ctx=256,
-                       threads=1)  # fmt: skip
+                       repeat_fade=1.0, block_repeats=0, opening_scale=0.0, temperature=0.1,
+                       max_tokens=8, n_ctx=256, threads=1)  # fmt: skip
     with Engine(
         tiny.gguf_path,
         tiny_profile,
@@ -370,7 +370,7 @@ def test_a_short_half_life_never_underflows_every_weight():
     np.testing.assert_allclose(w, [0.5, 1.0])  # same ratio as 0.25 : 0.5 from the newest
 
 
-@pytest.mark.parametrize("knob", ["strength", "temperature", "sim_full", "opening_strength"])
+@pytest.mark.parametrize("knob", ["strength", "temperature", "sim_full", "opening_scale"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_non_finite_knobs_are_refused_when_set(engine, knob, value):
     before = engine.config

@@ -415,16 +415,17 @@ def test_device_signals_track_torch_on_the_default_model():
 def test_engine_steers_openings_from_the_profile(engine_on_copy):
     """A device-built profile carries opening signals; the engine aggregates them like the others
     (same items, same weights, the same units: item norm and residual units measured on the
-    opening signals' own typical norms) and injects them only where the answer starts."""
+    opening signals' own typical norms, at strength x opening_scale) and injects them only where
+    the answer starts."""
     from fints_edge.scaling import item_normalised, relative_factor, typical_norms
 
     with engine_on_copy("exact") as engine:
         text = "Write a headline about the harbour."
-        engine.configure(opening_strength=0.0)
+        engine.configure(opening_scale=0.0)
         plain = engine.plan(text)
         assert plain.opening is None
-        engine.configure(opening_strength=3.0, opening_window=2, strength_unit="absolute",
-                         item_norm=False)  # fmt: skip
+        engine.configure(strength=2.0, opening_scale=1.5, opening_window=2,
+                         strength_unit="absolute", item_norm=False)  # fmt: skip
         plan = engine.plan(text)
         ids = [r["id"] for r in plan.retrieved]
         w = np.array([r["weight"] for r in plan.retrieved])
@@ -443,5 +444,6 @@ def test_engine_steers_openings_from_the_profile(engine_on_copy):
         engine.reply(text, plan=plan)
         # 2 layers x 2 sites of ordinary adds per decode, plus the opening adds in the window
         assert engine.injector.calls > calls and not engine.injector.active
-    with engine_on_copy("cvec") as engine, pytest.raises(FintsEdgeError, match="--mode exact"):
-        engine.configure(opening_strength=1.0)
+    with engine_on_copy("cvec") as engine:  # no positions: cvec steers without openings
+        engine.configure(opening_scale=1.0)
+        assert engine.plan("Write a headline about the harbour.").opening is None

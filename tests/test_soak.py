@@ -131,7 +131,7 @@ def draw_settings(rng: np.random.Generator, engine: Engine) -> dict:
         "seed": int(rng.integers(0, 3)),
     }
     if engine.config.mode == "exact" and p.opening is not None:
-        changes["opening_strength"] = _pick(rng, [0.0, 0.0, 1.0, 5.0])
+        changes["opening_scale"] = _pick(rng, [0.0, 0.0, 1.0, 5.0])
         changes["opening_window"] = int(rng.integers(1, 5))
     if rng.random() < 0.1:  # a value to refuse
         changes.update(

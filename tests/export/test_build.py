@@ -58,7 +58,9 @@ def test_build_writes_a_model_bound_profile(tiny, tmp_path, onnx_encoder_dir):
     assert p.outputs.tolist() == [h["output"] for h in HISTORY]
     assert np.isnan(p.timestamps[0]) and p.timestamps[2] == 1700000000
     assert p.residual_norms.shape == (2,) and (p.residual_norms > 0).all()
-    assert p.opening is None and p.opening_tokens == 0  # opening signals are opt-in
+    # opening signals are stored by default, the same shape as the signals
+    assert p.opening is not None and p.opening.shape == p.signals.shape and p.opening_tokens == 3
+    assert np.abs(p.opening.astype(np.float32) - p.signals.astype(np.float32)).max() > 0
 
 
 def test_zero_shot_negatives_come_from_the_model(tiny, tmp_path, onnx_encoder_dir):
