@@ -22,8 +22,8 @@ METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static
 STEERED = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-recency")
 # The chat's steering defaults (fints_edge.engine.EngineConfig), recorded beside the runs
 DEFAULT_KNOBS = ("mode", "k", "strength", "strength_unit", "temperature", "item_norm",
-                 "prompt_strength", "preserve_norm", "repeat_fade", "block_repeats", "sim_floor",
-                 "sim_full")  # fmt: skip
+                 "prompt_strength", "preserve_norm", "repeat_fade", "block_repeats",
+                 "opening_scale", "sim_floor", "sim_full")  # fmt: skip
 
 
 def predictions_file(out: Path, model_name: str) -> Path:
@@ -203,6 +203,8 @@ IDEAS = {
     "keep-norm": "Norm-preserving injection: each steered hidden state keeps its unsteered norm",
     "fade": "Repeat fade: steering x F at each repeated token 4-gram of the answer so far",
     "block": "Repeat block: a steered answer may not repeat a token n-gram it already wrote",
+    "opening": "Opening signals (the contrast over the first 3 answer positions) added at the "
+    "last prompt position and the first 2 answer positions, at 1x and 2x the strength",
     "retune": "Strength again, x0.5 and x1.5 around the setting kept so far",
 }
 

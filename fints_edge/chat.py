@@ -258,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Engine(
         model, args.profile, config, encoder_dir=args.encoder, aggregator_path=args.aggregator
     ) as engine:
+        c = engine.config
+        if c.opening_scale and c.mode == "exact" and engine.profile.opening is None:
+            print(
+                f"note: {args.profile} has no opening signals, so the answer's start is steered "
+                "like the rest; rebuild it (python -m fints_edge.learn --history ...) to add them",
+                file=sys.stderr,
+            )
         if args.prompt:
             return _one_shot(engine, args)
         return _interactive(engine, steer=not args.no_steer)

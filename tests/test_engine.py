@@ -169,6 +169,26 @@ def test_chat_json_one_shot(files, capsys):
     assert data["retrieved"][0]["input"] == "Write a headline about the vaccine."
 
 
+def test_chat_notes_a_profile_without_opening_signals(files, tiny_profile, tmp_path, capsys):
+    """The default steers openings; a profile built without them says so once, then answers."""
+    from dataclasses import replace
+
+    from fints_edge.profile import Profile
+
+    old = Profile.load(tiny_profile)
+    assert old.opening is not None  # built with the default opening tokens: no note
+    args = ["--prompt", "a headline", "--json", "--max-tokens", "2", "--threads", "1"]
+    code, _, err = _chat([*files, *args], capsys)
+    assert code == 0 and "no opening signals" not in err
+    bare = tmp_path / "bare.npz"
+    replace(old, opening=None, opening_tokens=0).save(bare)
+    assert Profile.load(bare).opening is None
+    flags = [f if f != str(tiny_profile) else str(bare) for f in files]
+    code, out, err = _chat([*flags, *args], capsys)
+    assert code == 0 and json.loads(out)["text"] is not None
+    assert err.count("no opening signals") == 1 and "bare.npz" in err
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
