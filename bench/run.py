@@ -315,15 +315,11 @@ def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
 
 def profile_size(profile) -> dict:
     """Bytes per item of a 1,000-item profile made of the demo's real items (texts included)."""
-    reps = -(-1000 // profile.n_items)
-    p = profile
-    for _ in range(reps - 1):
-        p = p.with_items(
-            profile.signals, profile.keys, profile.inputs.tolist(), profile.outputs.tolist()
-        )
+    from bench.serve import grown
     from fints_edge.index import Index
     from fints_edge.profile import Profile
 
+    p = grown(profile, 1000)
     with tempfile.TemporaryDirectory() as d:
         path = p.save(Path(d) / "p.npz")
         size = path.stat().st_size

@@ -353,6 +353,9 @@ class CallbackInjector:
             rows = self._lib.ggml_nelements(tensor) // self.n_embd
             self._ubatch = (self._cursor, rows)
             self._cursor += rows
+            if self._opening and self._ubatch[0] >= sum(self._window):
+                self._opening = {}  # the window is behind: no more graph stops for it
+                self._sync_filter()
         if vec is not None or first is not None:
             data = self._rows(tensor, name)
             before = np.linalg.norm(data, axis=1, keepdims=True) if self.preserve_norm else None

@@ -151,3 +151,31 @@ def test_python_is_called_only_for_the_steered_tensors(tiny, pair):
         counts[name] = (len(calls), calls.count(True))
     assert counts["c"] == (1, 0), counts  # one call: the steered tensor, computed
     assert counts["python"][1] > 20 * counts["c"][0], counts  # every node asked in Python
+
+
+def test_the_opening_window_stops_costing_once_it_is_behind(tiny, pair):
+    """Opening vectors need the position cursor (a graph stop at layer 0) only until their
+    window has passed; then Python hears about the steered tensor alone, as without them."""
+    llm, injector = pair["c"]
+    sites, layers = ("attn",), (1,)
+    v = random_vectors(tiny, sites, layers)
+    prompt = llm.tokenize(b"One two three.", add_bos=False)
+    calls: list[bool] = []
+    real = injector._on_tensor_unsafe
+    injector._on_tensor_unsafe = lambda t, ask: calls.append(ask) or real(t, ask)
+    per_token = []
+    try:
+        with steered(injector, v, sites, layers):
+            injector.set_opening(v, sites, layers, len(prompt) - 1, 2)  # last prompt pos + 1
+            llm.reset()
+            injector.rewind()
+            llm.eval(prompt)
+            for _ in range(4):
+                calls.clear()
+                llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+                per_token.append(len(calls))
+    finally:
+        del injector._on_tensor_unsafe
+    # cursor + tensor in the window (position P) and at the first step past it (P + 1, where
+    # the cursor sees the window behind and drops it), then the steered tensor alone
+    assert per_token == [2, 2, 1, 1], per_token
