@@ -101,6 +101,9 @@ def setting_label(c: EngineConfig) -> str:
     flags += ["--keep-norm"] if c.preserve_norm else []
     flags += [f"--repeat-fade {c.repeat_fade:g}"] if c.repeat_fade != 1 else []
     flags += [f"--block-repeats {c.block_repeats}"] if c.block_repeats else []
+    flags += (
+        [f"--opening-scale {c.opening_scale:g}"] if c.opening_scale and c.mode == "exact" else []
+    )
     flags += [f"--temperature {c.temperature:g}"] if c.temperature else []
     return " ".join(flags)
 
