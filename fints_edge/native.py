@@ -1,6 +1,6 @@
 """The optional C eval filter (``c_src/eval_filter.c``): exact mode without Python in every node.
 
-llama.cpp asks the eval callback about each graph node; answered in Python that costs ~6% of
+llama.cpp asks the eval callback about each graph node; answered in Python that costs ~8% of
 decode speed. The filter answers in C from a list of tensor names and calls Python only for those.
 It is compiled once by ``python -m fints_edge.native build`` (``make setup`` runs it) into the
 cache folder, keyed by its source, and loaded with ctypes. Without a C compiler everything still
@@ -66,7 +66,7 @@ def _compiler() -> list[str]:
     cmd = shlex.split(cc)
     if not shutil.which(cmd[0]):
         raise FintsEdgeError(
-            f"no C compiler ({cmd[0]}) found: the exact mode stays on its Python filter (about 6% "
+            f"no C compiler ({cmd[0]}) found: the exact mode stays on its Python filter (about 8% "
             "slower decode); install a C compiler (e.g. `apt install gcc`) or set CC"
         )
     return cmd
