@@ -214,7 +214,7 @@ class Runner:
             raise FintsEdgeError("fints-recency needs a setting with half_life_days > 0")
         plan: Plan | None = None
         if method == "static":
-            plan = Plan(engine.user_vector(), [], 1.0)
+            plan = Plan(engine.user_vector(), [], 1.0, opening=engine.user_opening())
         elif method == "random":
             plan = engine.plan(text)
             plan = Plan(_same_norm_random(plan.vectors, seed), plan.retrieved, plan.gate)

@@ -244,13 +244,8 @@ class Engine:
         agg = self.aggregator(sims, signals, params)
         vectors = self.select(self._in_unit(agg.vectors))
         opening = None
-        if c.opening_scale and c.mode == "exact" and self.profile.opening is not None:
-            # in the same units as the main signals: the opening's own typical norm plays
-            # the part the signals' plays (item norm, residual units); no centring
-            typical = self._typical_norms("opening")
-            first = self.profile.opening[ids]  # [K, S, L, n_embd]
-            if c.item_norm:
-                first = item_normalised(first, typical)
+        if self._steers_openings():
+            first, typical = self._opening_shaped(self.profile.opening[ids])  # type: ignore[index]
             first_params = replace(params, strength=c.strength * c.opening_scale)
             first_agg = self.aggregator(sims, first, first_params)
             opening = self.select(self._in_unit(first_agg.vectors, typical))
@@ -283,6 +278,30 @@ class Engine:
         signals = self._shaped(self.profile.signals)
         mean = np.asarray(signals, dtype=np.float32).mean(axis=0) * np.float32(self.config.strength)
         return self.select(self._in_unit(mean)).astype(np.float32)
+
+    def user_opening(self) -> np.ndarray | None:
+        """The static baseline's opening vector: the mean of ALL the user's opening signals,
+        shaped like a request's; None when the config or the profile steers no openings."""
+        if not self._steers_openings():
+            return None
+        first, typical = self._opening_shaped(self.profile.opening)  # type: ignore[arg-type]
+        c = self.config
+        mean = np.asarray(first, dtype=np.float32).mean(axis=0) * np.float32(
+            c.strength * c.opening_scale
+        )
+        return self.select(self._in_unit(mean, typical)).astype(np.float32)
+
+    def _steers_openings(self) -> bool:
+        c = self.config
+        return bool(c.opening_scale) and c.mode == "exact" and self.profile.opening is not None
+
+    def _opening_shaped(self, opening: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Opening signals [K, S, L, E] in the same units as the main signals: their own typical
+        norms play the part the signals' play (item norm, residual units); no centring."""
+        typical = self._typical_norms("opening")
+        if self.config.item_norm:
+            opening = item_normalised(opening, typical)
+        return opening, typical
 
     def _shaped(self, signals: np.ndarray) -> np.ndarray:
         """Item signals [K, S, L, E] as aggregation takes them: centred on ``center`` if set,

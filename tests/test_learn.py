@@ -447,3 +447,20 @@ def test_engine_steers_openings_from_the_profile(engine_on_copy):
     with engine_on_copy("cvec") as engine:  # no positions: cvec steers without openings
         engine.configure(opening_scale=1.0)
         assert engine.plan("Write a headline about the harbour.").opening is None
+        assert engine.user_opening() is None
+
+
+def test_static_baseline_opening_is_the_mean_of_all_opening_signals(engine_on_copy):
+    """The static baseline gets openings too (the same shaping as a request's, every item at
+    weight 1/N), so comparing Fints to it compares retrieval, not the openings."""
+    from fints_edge.scaling import item_normalised, relative_factor, typical_norms
+
+    with engine_on_copy("exact") as engine:
+        engine.configure(strength=2.0, opening_scale=1.5)
+        p = engine.profile
+        typical = typical_norms(p.opening)
+        factor = relative_factor(p.residual_norms, typical)[:, :, None]
+        want = 3.0 * factor * item_normalised(p.opening, typical).mean(axis=0)
+        np.testing.assert_allclose(engine.user_opening(), want, rtol=1e-4, atol=1e-5)
+        engine.configure(opening_scale=0.0)
+        assert engine.user_opening() is None
