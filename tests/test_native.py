@@ -61,6 +61,21 @@ def test_build_is_cached_and_keyed_by_source(built):
 
 
 @pytest.mark.usefixtures("built")
+def test_no_compiler_is_a_clear_error_or_a_note(tmp_path, monkeypatch, capsys):
+    """Without a compiler setup goes on (--optional prints a note); plain build names the fix."""
+    from fints_edge.errors import FintsEdgeError
+
+    monkeypatch.setenv("FINTS_EDGE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(FintsEdgeError, match="no C compiler .*install a C compiler"):
+        native.build()
+    assert native.main(["build", "--optional"]) == 0
+    assert capsys.readouterr().out.startswith("note: no C compiler")
+    assert native.main(["build"]) == 1
+    assert capsys.readouterr().err.startswith("error: no C compiler")
+    assert not list(tmp_path.rglob("*.so"))
+
+
 def test_disable_env_turns_the_filter_off(monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, "0")
     native.load.cache_clear()
