@@ -62,14 +62,18 @@ def library_path() -> Path:
 
 
 def _compiler() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    cmd = shlex.split(cc)
-    if not shutil.which(cmd[0]):
-        raise FintsEdgeError(
-            f"no C compiler ({cmd[0]}) found: the exact mode stays on its Python filter (about 8% "
-            "slower decode); install a C compiler (e.g. `apt install gcc`) or set CC"
-        )
-    return cmd
+    """$CC if set; else Python's own compiler, or the usual names (Termux: clang as cc)."""
+    env = os.environ.get("CC")
+    choices = [env] if env else [sysconfig.get_config_var("CC") or "", "cc", "gcc", "clang"]
+    for cc in choices:
+        cmd = shlex.split(cc)
+        if cmd and shutil.which(cmd[0]):
+            return cmd
+    raise FintsEdgeError(
+        f"no C compiler ({', '.join(c for c in choices if c)}) found: the exact mode stays on its "
+        "Python filter (about 8% slower decode); install a C compiler (e.g. `apt install gcc`, "
+        "Termux: `pkg install clang`) or set CC"
+    )
 
 
 def build() -> Path:

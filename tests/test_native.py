@@ -76,6 +76,16 @@ def test_no_compiler_is_a_clear_error_or_a_note(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.rglob("*.so"))
 
 
+def test_a_missing_python_compiler_falls_back_to_cc(monkeypatch):
+    """Python's recorded compiler may not exist here (e.g. a cross-built Python on Termux)."""
+    import sysconfig
+
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(sysconfig, "get_config_var", lambda _name: "no-such-cc -pthread")
+    got = native._compiler()
+    assert got[0] in ("cc", "gcc", "clang") and shutil.which(got[0])
+
+
 def test_disable_env_turns_the_filter_off(monkeypatch):
     monkeypatch.setenv(native.DISABLE_ENV, "0")
     native.load.cache_clear()
