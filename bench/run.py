@@ -1,7 +1,9 @@
 """``make bench``: what steering costs on the default model (Q4_1 GGUF), measured, not typed.
 
 Variants are interleaved within every repetition so machine drift cancels; medians are reported.
-Writes bench/results.json and the table in bench/README.md (generated from the JSON).
+Writes bench/results.json (with the machine: CPU model and the threads of every figure, from
+bench/machine.py) and bench/README.md, rendered from the JSON by bench/render.py; `make bench`
+then renders README.md's figures (bench/figures.py).
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,12 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from bench._common import grown, headline, median
+from bench.machine import machine_info
+from bench.render import render_readme
+from bench.serve import serve_bench, server_peak_rss_mb
+
 HERE = Path(__file__).parent
 N_GEN = 128
-
-
-def _median(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
+RSS_ITEMS = 1000  # the phone budget's profile size (peak RSS of the chat and of the server)
+# Threads per figure (speed_tN and setup_*_tN name theirs), passed to each measurement below
+# and recorded in results.json as machine.threads, beside the CPU.
+THREADS = {"setup": 1, "setup_1000_t2": 2, "torch_decode_tps_t1": 1, "ttft": 1,
+           "chat_peak_rss_mb": 1, "server_peak_rss_mb": 1, "model_load_ms": 1,
+           "build_items_per_s_torch": 2, "learn": 2, "serve": 1}  # fmt: skip
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -48,7 +56,7 @@ def _speed(llm, prompt: list[int]) -> tuple[float, float]:
 def decode_bench(
     model: Path, plan_vectors: np.ndarray, sites, layers, prompt_text: str, threads: int, reps: int
 ) -> dict:
-    from fints_edge.inject import open_steerable
+    from fints_edge.llama.inject import open_steerable
 
     plain, cvec = open_steerable(model, "cvec", n_ctx=512, n_threads=threads)
     cb_llm, exact = open_steerable(model, "exact", n_ctx=512, n_threads=threads)
@@ -98,8 +106,8 @@ def decode_bench(
         py_llm.close()
     out: dict[str, Any] = {"c_filter": bool(getattr(exact, "filtered", False))}
     for name, xs in runs.items():
-        out[f"{name}_prompt_tps"] = _median([x[0] for x in xs])
-        out[f"{name}_decode_tps"] = _median([x[1] for x in xs])
+        out[f"{name}_prompt_tps"] = median([x[0] for x in xs])
+        out[f"{name}_decode_tps"] = median([x[1] for x in xs])
     out["prompt_tokens"] = len(prompt)
     return out
 
@@ -137,8 +145,8 @@ def setup_bench(
         injector.clear()
         for k, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[k].append(dt * 1e3)
-    out = {f"{k}_ms": _median(v) for k, v in stages.items()}
-    out["total_ms"] = _median([sum(x) for x in zip(*stages.values(), strict=True)])
+    out = {f"{k}_ms": median(v) for k, v in stages.items()}
+    out["total_ms"] = median([sum(x) for x in zip(*stages.values(), strict=True)])
     out["index_build_ms"] = build_ms
     out["index_uses_graph"] = index.uses_graph
     return out
@@ -212,12 +220,12 @@ def encoder_variants(queries: list[str]) -> dict:
             enc.encode(queries[:1])
             ms = [_timed(lambda q=q, e=enc: e.encode([q])) * 1e3 for q in queries * 3]
             got, got_pool = enc.encode(queries), enc.encode(pool)
-            out[f"{name}_ms"] = _median(ms)
+            out[f"{name}_ms"] = median(ms)
             if enc.kind == "onnx":  # the static encoder embeds in a space of its own
                 out[f"{name}_min_cosine_vs_fp32"] = float((got * ref).sum(1).min())
             out[f"{name}_top5_overlap"] = overlap(top5(got, got_pool), ref_top)
             out[f"{name}_pool_top5_overlap"] = overlap(top5(got_pool, got_pool, True), ref_pool_top)
-        out["query_tokens_median"] = _median(
+        out["query_tokens_median"] = median(
             [len(ref_enc._tokenizer.encode(q).ids) for q in queries]
         )
     return out
@@ -252,13 +260,16 @@ def torch_decode_tps(
                 )
             )
             speeds.append(N_GEN / t)
-    return _median(speeds)
+    return median(speeds)
 
 
-def ttft_bench(model: Path, profile_path: Path, queries: Sequence[str], reps: int) -> dict:
+def ttft_bench(
+    model: Path, profile_path: Path, queries: Sequence[str], reps: int, threads: int = 1
+) -> dict:
     """Time to first token as a user sees it, steered (the chat's defaults: encode, retrieve,
-    aggregate, then the steered prompt) and unsteered, the same prompts, interleaved, 1 thread:
-    wall time from the request to the first text piece."""
+    aggregate, then the steered prompt) and unsteered, the same prompts, interleaved: wall time
+    from the request to the first text piece. ``ratio`` is the median of the paired ratios
+    (steered / unsteered, the same prompt back to back), not the ratio of the two medians."""
     from fints_edge.engine import Engine, EngineConfig
 
     def first_piece_ms(engine: Engine, text: str, steer: bool) -> tuple[float, dict]:
@@ -270,7 +281,7 @@ def ttft_bench(model: Path, profile_path: Path, queries: Sequence[str], reps: in
         return ms, reply.timings_ms
 
     steered, plain, plan_ms = [], [], []
-    with Engine(model, profile_path, EngineConfig(threads=1, max_tokens=4)) as engine:
+    with Engine(model, profile_path, EngineConfig(threads=threads, max_tokens=4)) as engine:
         first_piece_ms(engine, queries[0], True)  # warm-up
         for _ in range(reps):
             for q in queries:
@@ -279,14 +290,16 @@ def ttft_bench(model: Path, profile_path: Path, queries: Sequence[str], reps: in
                 steered.append(ms)
                 plan_ms.append(timings["encode"] + timings["retrieve"] + timings["aggregate"])
     return {
-        "steered_ms": _median(steered),
-        "unsteered_ms": _median(plain),
-        "plan_ms": _median(plan_ms),
-        "ratio": _median([s / p for s, p in zip(steered, plain, strict=True)]),
+        "steered_ms": median(steered),
+        "unsteered_ms": median(plain),
+        "plan_ms": median(plan_ms),
+        "ratio": median([s / p for s, p in zip(steered, plain, strict=True)]),
+        "prompts": len(queries),
+        "pairs": len(steered),
     }
 
 
-def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
+def chat_peak_rss_mb(profile: Path, prompt: str, threads: int = 1) -> float:
     """Peak RSS of a fresh `python -m fints_edge.chat --prompt ... --json` process."""
     code = (
         "import resource, subprocess, sys\n"
@@ -305,7 +318,7 @@ def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
         "--max-tokens",
         "32",
         "--threads",
-        "1",
+        str(threads),
     ]
     out = subprocess.run(
         [sys.executable, "-c", code, *cmd], check=True, capture_output=True, text=True
@@ -315,7 +328,6 @@ def chat_peak_rss_mb(profile: Path, prompt: str) -> float:
 
 def profile_size(profile) -> dict:
     """Bytes per item of a 1,000-item profile made of the demo's real items (texts included)."""
-    from bench.serve import grown
     from fints_edge.index import Index
     from fints_edge.profile import Profile
 
@@ -323,7 +335,7 @@ def profile_size(profile) -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = p.save(Path(d) / "p.npz")
         size = path.stat().st_size
-        load_ms = _median([_timed(lambda: Index(Profile.load(path).keys)) * 1e3 for _ in range(5)])
+        load_ms = median([_timed(lambda: Index(Profile.load(path).keys)) * 1e3 for _ in range(5)])
     per_item = size / p.n_items
     return {
         "profile_bytes_per_item": per_item,
@@ -333,16 +345,16 @@ def profile_size(profile) -> dict:
     }
 
 
-def model_load_ms(model: Path) -> float:
-    """Opening the Q4 GGUF with the eval callback (what the chat does), 1 thread, median of 3."""
-    from fints_edge.inject import open_steerable
+def model_load_ms(model: Path, threads: int = 1) -> float:
+    """Opening the Q4 GGUF with the eval callback (what the chat does), median of 3."""
+    from fints_edge.llama.inject import open_steerable
 
     def once() -> None:
-        llm, _ = open_steerable(model, "exact", n_ctx=2048, n_threads=1)
+        llm, _ = open_steerable(model, "exact", n_ctx=2048, n_threads=threads)
         llm.close()
 
     once()  # the file in the page cache, as on a phone's second start
-    return _median([_timed(once) * 1e3 for _ in range(3)])
+    return median([_timed(once) * 1e3 for _ in range(3)])
 
 
 def build_throughput(threads: int) -> float:
@@ -371,8 +383,8 @@ def learn_bench(model: Path, torch_profile, threads: int, n_add: int = 5) -> dic
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
     from fints_edge.history import HistoryItem, read_history
-    from fints_edge.inject import open_steerable
     from fints_edge.learn import Learner, extractor_for
+    from fints_edge.llama.inject import open_steerable
 
     items = read_history(HISTORY)
     llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
@@ -396,7 +408,7 @@ def learn_bench(model: Path, torch_profile, threads: int, n_add: int = 5) -> dic
     ref = torch_profile.signals.astype(np.float64)
     cos = (dev * ref).sum(-1) / np.linalg.norm(dev, axis=-1) / np.linalg.norm(ref, axis=-1)
     out = {
-        "learn_item_s": _median(add_s),
+        "learn_item_s": median(add_s),
         "build_items_per_s_device": len(items) / build_s,
         "threads": threads,
     }
@@ -413,7 +425,7 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     from fints_edge.aggregate import OnnxAggregator
     from fints_edge.encode import Encoder
     from fints_edge.engine import Engine, EngineConfig
-    from fints_edge.inject import open_steerable
+    from fints_edge.llama.inject import open_steerable
     from fints_edge.profile import Profile
 
     model = default_gguf()
@@ -424,25 +436,28 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
         plan = engine.plan(prompt_text)
         prompt_rendered = engine.prompt_ids(engine.messages(prompt_text, None))
         prompt_str = engine.llm.detokenize(prompt_rendered, special=True).decode()
-    sites, layers = profile.sites, profile.layers.tolist()
+    assert plan.steering is not None  # the default config steers
+    vectors, sites, layers = plan.steering.vectors, plan.steering.sites, list(plan.steering.layers)
     results: dict = {"model": model.name, "n_gen": N_GEN, "reps": reps}
+    results["machine"] = machine_info(THREADS)
 
     for threads in (1, 2):
         print(f"decode/prompt speed, {threads} thread(s)...", file=sys.stderr)
         results[f"speed_t{threads}"] = decode_bench(
-            model, plan.vectors, sites, layers, prompt_str, threads, reps
+            model, vectors, sites, layers, prompt_str, threads, reps
         )
 
     print("per-request set-up...", file=sys.stderr)
-    encoder = Encoder(default_encoder_dir(), threads=1)
-    aggregator = OnnxAggregator(default_aggregator_path(), threads=1)
-    llm, injector = open_steerable(model, "cvec", n_ctx=256, n_threads=1)
+    t = THREADS["setup"]
+    encoder = Encoder(default_encoder_dir(), threads=t)
+    aggregator = OnnxAggregator(default_aggregator_path(), threads=t)
+    llm, injector = open_steerable(model, "cvec", n_ctx=256, n_threads=t)
     queries = [TASK + s for s in snippets("test")]
     for n in sizes:
         results[f"setup_{n}"] = setup_bench(
             n, encoder, aggregator, injector, queries, sites, layers, profile.n_embd
         )
-    encoder2 = Encoder(default_encoder_dir(), threads=2)
+    encoder2 = Encoder(default_encoder_dir(), threads=THREADS["setup_1000_t2"])
     results["setup_1000_t2"] = setup_bench(
         1000, encoder2, aggregator, injector, queries, sites, layers, profile.n_embd
     )
@@ -451,31 +466,36 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
 
     print("torch reference decode...", file=sys.stderr)
     results["torch_decode_tps_t1"] = torch_decode_tps(
-        plan.vectors, sites, layers, prompt_text, 1, max(2, reps // 2)
+        vectors, sites, layers, prompt_text, THREADS["torch_decode_tps_t1"], max(2, reps // 2)
     )
     print("time to first token, steered vs unsteered...", file=sys.stderr)
-    results["ttft"] = ttft_bench(model, profile_path, queries[:6], max(3, reps // 2))
+    results["ttft"] = ttft_bench(
+        model, profile_path, queries[:6], max(3, reps // 2), threads=THREADS["ttft"]
+    )
     results["ttft_ratio"] = results["ttft"]["ratio"]
     # the encoder in use is the fp32 one: its neighbours are the reference's by construction
     results["retrieval_top5_overlap"] = results["encoder"]["fp32_t1_pool_top5_overlap"]
     print("chat and server peak RSS, profile size, build throughput...", file=sys.stderr)
-    from bench.serve import grown, server_peak_rss_mb
-
+    results["rss_profile_items"] = RSS_ITEMS
     with tempfile.TemporaryDirectory() as d:  # the phone budget's 1,000-item profile
-        big = grown(profile, 1000).save(Path(d) / "p1k.npz")
-        results["chat_peak_rss_mb"] = chat_peak_rss_mb(big, prompt_text)
-    results["server_peak_rss_mb"] = server_peak_rss_mb(profile_path, prompt_text, items=1000)
+        big = grown(profile, RSS_ITEMS).save(Path(d) / "p1k.npz")
+        results["chat_peak_rss_mb"] = chat_peak_rss_mb(
+            big, prompt_text, threads=THREADS["chat_peak_rss_mb"]
+        )
+    results["server_peak_rss_mb"] = server_peak_rss_mb(
+        profile_path, prompt_text, items=RSS_ITEMS, threads=THREADS["server_peak_rss_mb"]
+    )
     results.update(profile_size(profile))
-    results["model_load_ms"] = model_load_ms(model)
-    results["build_items_per_s_torch"] = build_throughput(2)
+    results["model_load_ms"] = model_load_ms(model, threads=THREADS["model_load_ms"])
+    results["build_items_per_s_torch"] = build_throughput(THREADS["build_items_per_s_torch"])
     print("on-device learning...", file=sys.stderr)
-    results["learn"] = learn_bench(model, profile, threads=2)
+    results["learn"] = learn_bench(model, profile, threads=THREADS["learn"])
     results["learn_item_s"] = results["learn"]["learn_item_s"]
     results["build_items_per_s_device"] = results["learn"]["build_items_per_s_device"]
     print("local server: overhead over the engine, 4 users at once...", file=sys.stderr)
-    from bench.serve import headline, serve_bench
-
-    results["serve"] = serve_bench(model, profile_path, queries, reps=reps, threads=1)
+    results["serve"] = serve_bench(
+        model, profile_path, queries, reps=reps, threads=THREADS["serve"]
+    )
     results.update(headline(results["serve"]))
 
     s1 = results["speed_t1"]
@@ -488,242 +508,6 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
         s1["exact_decode_tps"] / results["torch_decode_tps_t1"]
     )
     return results
-
-
-TARGETS = {  # issue 17's, and the earlier ones it keeps
-    "cvec_decode_ratio": (">=", 0.99),
-    "exact_decode_ratio": (">=", 0.97),
-    "setup_ms_1k": ("<=", 5.0),
-    "ttft_ratio": ("<=", 1.03),
-    "retrieval_top5_overlap": (">=", 0.9),
-    "chat_peak_rss_mb": ("<=", 400.0),
-    "edge_vs_torch_decode_speedup": (">=", 5.0),
-    "profile_bytes_per_item_per_layer": ("<=", 4096),
-}
-
-
-def _met(r: dict, key: str) -> bool:
-    op, goal = TARGETS[key]
-    return r[key] >= goal if op == ">=" else r[key] <= goal
-
-
-def render_readme(r: dict) -> str:
-    def met(key: str) -> str:
-        op, goal = TARGETS[key]
-        return f"{op} {goal:g}: {'met' if _met(r, key) else 'MISSED'}"
-
-    lines = [
-        "# Benchmarks",
-        "",
-        f"Generated by `make bench` (`python -m bench.run`) from `bench/results.json`; model {r['model']},",
-        f"{r['n_gen']} generated tokens per run, {r['reps']} interleaved repetitions, medians. Do not edit by hand.",
-        "",
-        "## Headline figures",
-        "",
-        "| key | value | target |",
-        "|---|---|---|",
-    ]
-    for key in (
-        "cvec_decode_ratio",
-        "exact_decode_ratio",
-        "setup_ms_1k",
-        "setup_ms_10k",
-        "setup_ms_1k_t2",
-        "ttft_ratio",
-        "retrieval_top5_overlap",
-        "edge_vs_torch_decode_speedup",
-        "profile_bytes_per_item",
-        "profile_bytes_per_item_per_layer",
-        "chat_peak_rss_mb",
-        "server_peak_rss_mb",
-        "build_items_per_s_torch",
-        "build_items_per_s_device",
-        "learn_item_s",
-    ):
-        if r.get(key) is None:
-            continue
-        lines.append(f"| `{key}` | {r[key]:.3f} | {met(key) if key in TARGETS else ''} |")
-    if "model_load_ms" in r:
-        s1 = r["speed_t1"]
-        lines += [
-            "",
-            "## Phone budget (1 thread, the Q4 model, a 1,000-item profile)",
-            "",
-            "| figure | here (x86, 1 thread) |",
-            "|---|---|",
-            f"| chat peak RSS | {r['chat_peak_rss_mb']:.0f} MB |",
-            f"| server peak RSS (its own process, after one steered request) | "
-            f"{r.get('server_peak_rss_mb', float('nan')):.0f} MB |",
-            f"| model load (page cache warm) | {r['model_load_ms']:.0f} ms |",
-            f"| profile load + index, 1,000 items | {r['profile_load_ms_1k']:.1f} ms |",
-            f"| per-request set-up, 1,000 items | {r['setup_ms_1k']:.1f} ms |",
-            f"| decode, unsteered / exact / cvec | {s1['unsteered_decode_tps']:.0f} / "
-            f"{s1['exact_decode_tps']:.0f} / {s1['cvec_decode_tps']:.0f} tok/s |",
-            f"| prompt | {s1['unsteered_prompt_tps']:.0f} tok/s |",
-            "",
-            "On an Android phone with the same core count (an estimate, not a measurement): "
-            "memory and load times carry over (the same files and the same code); speeds depend "
-            "on the core (an ARM big core at 2-3 GHz with NEON runs llama.cpp's Q4 kernels at "
-            "roughly half to the same speed as one core here), and a phone throttles under a "
-            "sustained load, so expect decode somewhere between half and these figures.",
-        ]
-    lines += [
-        "",
-        "## Speed (tokens/s)",
-        "",
-        "| threads | variant | prompt | decode |",
-        "|---|---|---|---|",
-    ]
-    for t in (1, 2):
-        s = r[f"speed_t{t}"]
-        variants = ("unsteered", "cvec", "callback_idle", "callback_pause", "exact", "exact_both",
-                    "exact_python")  # fmt: skip
-        for v in variants:
-            if f"{v}_decode_tps" in s:
-                lines.append(
-                    f"| {t} | {v} | {s[f'{v}_prompt_tps']:.1f} | {s[f'{v}_decode_tps']:.1f} |"
-                )
-    lines.append(f"| 1 | torch fp32 reference (hooks) | | {r['torch_decode_tps_t1']:.1f} |")
-    s1 = r["speed_t1"]
-    if "exact_both_decode_tps" in s1:
-        lines += [
-            "",
-            f"`exact_both` steers both sites (two graph stops per layer) and decodes at "
-            f"{s1['exact_both_decode_tps'] / s1['unsteered_decode_tps']:.3f} of unsteered; "
-            f"`exact_python` is the exact mode without the C eval filter "
-            f"({s1['exact_python_decode_tps'] / s1['unsteered_decode_tps']:.3f}). With the filter "
-            "a hybrid mode (the MLP site through the control vector) has nothing left to save, "
-            "so it was not built.",
-        ]
-    lines += [
-        "",
-        "## Per-request steering set-up (ms; 1 thread, the `_t2` row: a 2-thread encoder)",
-        "",
-        "| items | encode | retrieve | aggregate | apply | total | index build |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for key in sorted(k for k in r if k.startswith("setup_") and isinstance(r[k], dict)):
-        s = r[key]
-        lines.append(
-            f"| {key[6:]} | {s['encode_ms']:.2f} | {s['retrieve_ms']:.3f} | {s['aggregate_ms']:.3f} | "
-            f"{s['apply_ms']:.3f} | {s['total_ms']:.2f} | {s['index_build_ms']:.1f} |"
-        )
-    if "learn" in r:
-        lr = r["learn"]
-        lines += [
-            "",
-            f"## On-device learning (Q4 model, {lr['threads']} threads)",
-            "",
-            "| site | cosine to torch fp32 signals, median | min |",
-            "|---|---|---|",
-        ]
-        for site in ("attn", "mlp"):
-            if f"device_vs_torch_cosine_{site}_median" in lr:
-                lines.append(
-                    f"| {site} | {lr[f'device_vs_torch_cosine_{site}_median']:.4f} | "
-                    f"{lr[f'device_vs_torch_cosine_{site}_min']:.4f} |"
-                )
-        lines.append(
-            f"\n`learn_item_s` {lr['learn_item_s']:.2f} s: one item whose negative the model "
-            "generates (48 tokens), then the prompt and both answers decoded with the callback."
-        )
-    e = r["encoder"]
-    lines += [
-        "",
-        "## Encoder forward pass (ms per query, median query "
-        f"{e['query_tokens_median']:.0f} tokens)",
-        "",
-        "| variant | ms | min cosine vs fp32 | top-5 overlap with fp32: bench queries | "
-        "pool inputs (each among the other 329) |",
-        "|---|---|---|---|---|",
-    ]
-
-    def cell(key: str, digits: int) -> str:
-        return f"{e[key]:.{digits}f}" if key in e else "n/a"
-
-    variants = (
-        "fp32_t1",
-        "fp32_t2",
-        "fp32len32_t1",
-        "int8_t1",
-        "int8pc_t1",
-        "int8mix_t1",
-        "m2v_t1",
-    )
-    for v in variants:
-        if f"{v}_ms" in e:
-            lines.append(
-                f"| {v} | {e[f'{v}_ms']:.2f} | {cell(f'{v}_min_cosine_vs_fp32', 4)} | "
-                f"{cell(f'{v}_top5_overlap', 3)} | {cell(f'{v}_pool_top5_overlap', 3)} |"
-            )
-    if "serve" in r:
-        from bench.serve import render as render_serve
-
-        lines += render_serve(r)
-    lines += ["", "## Missed targets, explained from the figures above", ""]
-    missed = [k for k in TARGETS if not _met(r, k)]
-    if "setup_ms_1k" in missed:
-        s1k = r["setup_1000"]
-        rest = s1k["total_ms"] - s1k["encode_ms"]
-        lines.append(
-            f"- `setup_ms_1k`: the sentence encoder's forward pass is {s1k['encode_ms']:.1f} of the "
-            f"{s1k['total_ms']:.1f} ms (a {e['query_tokens_median']:.0f}-token query, all-MiniLM-L6-v2 fp32, "
-            f"1 thread); retrieval, aggregation and applying the vector take {rest:.2f} ms together. "
-            f"Two threads bring the encoder to {e['fp32_t2_ms']:.1f} ms. Of the cheaper encoders "
-            "above, only int8 with the first FFN outputs in fp32 (`int8mix`) keeps 0.9 of the "
-            f"fp32 neighbours on the pool ({cell('int8mix_t1_pool_top5_overlap', 3)}; "
-            f"{cell('int8mix_t1_top5_overlap', 3)} on the bench queries) at "
-            f"{cell('int8mix_t1_ms', 1)} ms, which would put the set-up just under 5 ms. It is "
-            "not the encoder in use: its embeddings stay within the profile's 0.99 probe check "
-            f"(min cosine {cell('int8mix_t1_min_cosine_vs_fp32', 3)}), so its queries would "
-            "silently meet fp32 keys, and `make eval` has not been run with it."
-        )
-    if "edge_vs_torch_decode_speedup" in missed:
-        s1, torch_tps = r["speed_t1"], r["torch_decode_tps_t1"]
-        lines.append(
-            f"- `edge_vs_torch_decode_speedup`: {r['edge_vs_torch_decode_speedup']:.2f} measures the "
-            f"`exact` mode ({s1['exact_decode_tps']:.1f} tok/s) against torch fp32 with hooks "
-            f"({torch_tps:.1f} tok/s), 1 thread each. The eval callback costs "
-            f"{1 - r['exact_decode_ratio']:.0%} of decode speed; `cvec` mode decodes "
-            f"{s1['cvec_decode_tps'] / torch_tps:.2f}x faster than torch. Of the callback's cost, "
-            f"{1 - s1['callback_idle_decode_tps'] / s1['unsteered_decode_tps']:.0%} is the idle "
-            "callback (llama.cpp pauses the graph to ask Python about tensors) and the rest the "
-            "in-place adds; on a shared machine this figure sits on the 5x line from run to run."
-        )
-    if "exact_decode_ratio" in missed:
-        s1 = r["speed_t1"]
-        idle = s1["callback_idle_decode_tps"] / s1["unsteered_decode_tps"]
-        pause = s1.get("callback_pause_decode_tps", float("nan")) / s1["unsteered_decode_tps"]
-        why = (
-            "The C eval filter was in use, so Python hears only about the steered tensor."
-            if s1.get("c_filter")
-            else "The C eval filter was not built (`python -m fints_edge.native build`), so "
-            "llama.cpp asked Python about every graph node of every token."
-        )
-        lines.append(
-            f"- `exact_decode_ratio`: {r['exact_decode_ratio']:.3f}. {why} The callback installed "
-            f"with nothing to steer decodes at {idle:.3f} of unsteered; requesting the steered "
-            f"tensor without adding anything gives {pause:.3f} (the graph stops there once per "
-            "steered layer and token); the add itself is the rest."
-        )
-    if "ttft_ratio" in missed:
-        t = r["ttft"]
-        lines.append(
-            f"- `ttft_ratio`: {t['ratio']:.3f} ({t['steered_ms']:.1f} vs {t['unsteered_ms']:.1f} ms "
-            f"to the first piece). Planning (encode, retrieve, aggregate) is {t['plan_ms']:.1f} ms of "
-            "it, almost all the encoder; the steered prompt pays the eval callback on top. The "
-            "method kept steering the prompt (prompt strength 1; 0 tied on dev), so the prompt's "
-            "KV depends on the steering and cannot be computed while the encoder runs."
-        )
-    explained = ("setup_ms_1k", "edge_vs_torch_decode_speedup", "exact_decode_ratio", "ttft_ratio")
-    for k in missed:
-        if k not in explained:
-            lines.append(
-                f"- `{k}`: {r[k]:.3f}, target {TARGETS[k][0]} {TARGETS[k][1]:g}; not yet explained."
-            )
-    if not missed:
-        lines.append("None.")
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

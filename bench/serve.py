@@ -32,30 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from bench._common import grown, headline, median
+from bench.render import render_readme
 from fints_edge.errors import FintsEdgeError
 
 TIMEOUT_S = 120.0  # per request; a 16-token answer takes well under a second here
 START_TIMEOUT_S = 60.0  # uvicorn start plus loading the model with the first user's profile
-
-
-def _median(xs: Sequence[float]) -> float:
-    return float(np.median(xs))
-
-
-def grown(profile: Any, n_items: int) -> Any:
-    """``profile`` with its items repeated up to ``n_items`` (bench/run.py's 1,000-item profile):
-    a realistic size for the per-request profile switch, with the real items' texts."""
-    p = profile
-    while p.n_items < n_items:
-        take = min(profile.n_items, n_items - p.n_items)
-        p = p.with_items(
-            profile.signals[:take],
-            profile.keys[:take],
-            profile.inputs[:take].tolist(),
-            profile.outputs[:take].tolist(),
-            opening=None if profile.opening is None else profile.opening[:take],
-        )
-    return p
 
 
 def user_profiles(profile_path: Path, folder: Path, users: int, items: int | None) -> list[str]:
@@ -143,13 +125,13 @@ def overhead(
             engine.reply(text, steer=True)
             runs["engine"].append(time.perf_counter() - t0)
             runs["server"].append(_post(client, url, body)[0])
-    engine_ms = _median(runs["engine"]) * 1e3
-    server_ms = _median(runs["server"]) * 1e3
+    engine_ms = median(runs["engine"]) * 1e3
+    server_ms = median(runs["server"]) * 1e3
     return {
         "engine_ms": engine_ms,
         "server_ms": server_ms,
         "overhead_ms": server_ms - engine_ms,
-        "overhead_paired_ms": _median(
+        "overhead_paired_ms": median(
             [(s - e) * 1e3 for s, e in zip(runs["server"], runs["engine"], strict=True)]
         ),
         "completion_tokens": int(remote["usage"]["completion_tokens"]),
@@ -228,6 +210,7 @@ def serve_bench(
     """Both measurements against one server. ``texts[0]`` is the overhead request; the load
     requests cycle through ``texts``. ``knobs`` (k, strength, rag) default to the server's."""
     from fints_edge._paths import default_aggregator_path, default_encoder_dir
+    from fints_edge.config import REQUEST_KNOBS, EngineConfig
     from fints_edge.serve import Settings, open_engine
 
     if reps < 1 or users < 1 or requests_per_user < 1 or not texts:
@@ -242,12 +225,11 @@ def serve_bench(
             encoder_dir=encoder_dir or default_encoder_dir(),
             aggregator_path=aggregator_path or default_aggregator_path(),
             token=secrets.token_urlsafe(32) if token else None,
-            max_tokens=max_tokens,
-            threads=threads,
+            engine=EngineConfig(max_tokens=max_tokens, threads=threads),
             default_user=names[0],
             max_waiting=max(4, users),  # every client's request may wait; none is refused
         )
-        knobs = {"k": s.k, "strength": s.strength, "rag": s.rag} | knobs
+        knobs = {n: getattr(s.engine, n) for n in REQUEST_KNOBS} | knobs
         with live_server(s) as url, open_engine(s, profiles / f"{names[0]}.npz") as engine:
             over = overhead(url, s.token, engine, texts[0], names[0], knobs, max_tokens, reps)
             under_load = load(
@@ -255,7 +237,7 @@ def serve_bench(
             )
         n_items = engine.profile.n_items
     return {
-        "mode": s.mode,
+        "mode": s.engine.mode,
         "threads": threads,
         "max_tokens": max_tokens,
         "reps": reps,
@@ -327,60 +309,6 @@ def server_peak_rss_mb(profile_path: Path, text: str, items: int = 1000, threads
                 proc.kill()
 
 
-def headline(out: dict[str, Any]) -> dict[str, float]:
-    """The keys bench/results.json carries at its top level."""
-    n = out["load_users"]
-    return {
-        "serve_overhead_ms": out["overhead_ms"],
-        f"serve_throughput_{n}users": out["load_requests_per_s"],
-        f"serve_tokens_per_s_{n}users": out["load_tokens_per_s"],
-        f"serve_latency_p50_ms_{n}users": out["load_latency_p50_ms"],
-        f"serve_latency_p95_ms_{n}users": out["load_latency_p95_ms"],
-    }
-
-
-def render(r: dict[str, Any]) -> list[str]:
-    """The README section (bench/run.py's render_readme adds it when results have ``serve``)."""
-    s = r["serve"]
-    n, per = s["load_users"], s["load_requests_per_user"]
-    rows = [
-        ("serve_overhead_ms", s["overhead_ms"], "ms", "HTTP server median minus in-process `Engine` "
-         f"median, the same steered request ({s['completion_tokens']} tokens; paired median "
-         f"{s['overhead_paired_ms']:.1f} ms)"),
-        ("serve.server_ms", s["server_ms"], "ms", "median, non-streamed, through uvicorn on 127.0.0.1 "
-         "with the bearer token, one kept-alive connection"),
-        ("serve.engine_ms", s["engine_ms"], "ms", "median, `Engine.reply` in-process, same knobs"),
-        (f"serve_throughput_{n}users", s["load_requests_per_s"], "req/s", f"{n} concurrent "
-         f"clients x {per} requests each, completed requests per second of wall time"),
-        (f"serve_tokens_per_s_{n}users", s["load_tokens_per_s"], "tok/s", "generated tokens "
-         "per second under that load"),
-        (f"serve_latency_p50_ms_{n}users", s["load_latency_p50_ms"], "ms", "request latency under "
-         "that load, median (includes waiting in the queue)"),
-        (f"serve_latency_p95_ms_{n}users", s["load_latency_p95_ms"], "ms", "95th percentile "
-         f"(linear interpolation over {s['load_completed']} requests)"),
-    ]  # fmt: skip
-    lines = [
-        "",
-        f"## Local server ({s['mode']} mode, threads={s['threads']}, {s['max_tokens']} tokens, greedy)",
-        "",
-        f"Users: {n} copies of the demo profile grown to {s['profile_items']:,} items (as for the "
-        f"profile size) under {n} names, so every request of the load test switches the engine "
-        "to another user's profile (`Engine.use_profile`: load + index build). The engine runs "
-        "on one worker thread, so requests queue and throughput is that of sequential answers; "
-        f"knobs k={s['k']}, strength={s['strength']:g}, rag={s['rag']}. No target: these figures "
-        "say what the HTTP layer and the queue add, not what a phone must reach.",
-        "",
-        "| key | value | unit | what |",
-        "|---|---|---|---|",
-    ]
-    lines += [f"| `{k}` | {v:.2f} | {u} | {what} |" for k, v, u, what in rows]
-    if not s["same_answer"]:
-        lines.append("\nWARNING: the server's answer differed from the in-process one.")
-    if s["load_failed"]:
-        lines.append(f"\nWARNING: {s['load_failed']} requests failed: {s['load_errors']}")
-    return lines
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=7, help="interleaved repetitions (default: 7)")
@@ -389,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--merge",
         type=Path,
-        help="add the figures to this results.json and re-render the README beside it",
+        help="add the figures to this results.json and re-render the README beside it (and "
+        "README.md's figures when it is bench/results.json)",
     )
     args = p.parse_args(argv)
     from export.demo import TASK, ensure_profile, snippets
@@ -402,11 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     print(json.dumps(out, indent=2))
     if args.merge:
-        from bench.run import render_readme
-
         results = json.loads(args.merge.read_text()) | {"serve": out} | headline(out)
         args.merge.write_text(json.dumps(results, indent=2) + "\n")
         (args.merge.parent / "README.md").write_text(render_readme(results))
+        from bench import figures
+
+        if args.merge.resolve() == (figures.ROOT / figures.BENCH).resolve():
+            figures.main([])  # README.md's figures quote this file
     return 0
 
 

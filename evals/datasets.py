@@ -1,7 +1,9 @@
 """Public personalization data sets in their published layouts, as per-user tasks.
 
-Users who have the public data can run the evaluation on it (``python -m evals --longlamp
-FILE``; LaMP sets load with :func:`load_lamp`) besides the synthetic personas.
+The evaluation runs a 7-user LongLaMP mini set shipped in ``evals/data/longlamp_abstract_mini/``
+(:data:`LONGLAMP_MINI`; its README gives provenance, license and sha256). Users who have the
+public data can run the evaluation on it (``python -m evals --longlamp FILE``; LaMP sets load
+with :func:`load_lamp`) besides the synthetic personas.
 LaMP (https://lamp-benchmark.github.io): a questions file ``[{"id", "input", "profile": [...]}]``
 and an outputs file ``{"task", "golds": [{"id", "output"}]}``. LongLaMP
 (https://longlamp-benchmark.github.io) abstract generation: one JSON list of records
@@ -36,6 +38,9 @@ LAMP_TASKS: dict[str, tuple[str, str, str]] = {
     "LaMP_5": ("abstract", "title", "Generate a title for the following abstract of a paper: {}"),
 }
 LONGLAMP_PROMPT = 'Generate an abstract for the title "{}".'
+# The LongLaMP mini set shipped with the evaluation (README.md beside it: provenance, license)
+LONGLAMP_DIR = Path(__file__).resolve().parent / "data" / "longlamp_abstract_mini"
+LONGLAMP_MINI = LONGLAMP_DIR / "abstract_generation_mini.json"
 _JSON_NAMES = {list: "list", dict: "object"}
 
 

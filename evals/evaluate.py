@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from evals.cache import RunCache, run_key
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
+from evals.datasets import LONGLAMP_MINI, load_longlamp
 from evals.personas import DEFAULT_STYLES, load_pool, make_dataset
 from evals.run import Runner, Setting, UserData
 from evals.scoring import BASELINES, Scoring, by_group, summarize
@@ -40,8 +41,6 @@ from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITES
 from fints_edge.zoo import sha256_of
 
-LONGLAMP_MINI = Path(__file__).resolve().parents[2] / "shared/data/longlamp_abstract_mini"
-LONGLAMP_FILE = "abstract_generation_mini.json"
 METHODS = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
            "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch")  # fmt: skip
 STEERING = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile")
@@ -89,7 +88,7 @@ class Evaluation:
                  model: Path) -> None:  # fmt: skip
         from fints_edge._paths import default_encoder_dir
         from fints_edge.encode import Encoder
-        from fints_edge.model import n_layers, open_llama
+        from fints_edge.llama.model import n_layers, open_llama
 
         self.args, self.plan, self.model = args, plan, model
         self.sha256 = sha256_of(model)
@@ -121,9 +120,9 @@ class Evaluation:
                        rouge_threshold: float = 0.15) -> dict[str, Path]:  # fmt: skip
         """Device-built profiles (fints_edge.learn), cached; a user whose history yields no
         profile is reported and left out, never a crash."""
-        from fints_edge.extract import DeviceExtractor
-        from fints_edge.inject import open_steerable
         from fints_edge.learn import Learner
+        from fints_edge.learn.extract import DeviceExtractor
+        from fints_edge.llama.inject import open_steerable
 
         paths: dict[str, Path] = {}
         todo = []
@@ -381,15 +380,22 @@ def shift_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
     return preds
 
 
-def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
-    from evals.datasets import load_longlamp
+def longlamp_path(args: argparse.Namespace) -> Path:
+    """The LongLaMP file to run: ``--longlamp``, else the shipped mini set. A missing file is an
+    error (before any model loads), never a benchmark silently left out."""
+    path = Path(args.longlamp) if args.longlamp else LONGLAMP_MINI
+    if not path.is_file():
+        shipped = "" if args.longlamp else " (the mini set shipped with the repository)"
+        raise FintsEdgeError(
+            f"{path}: no such LongLaMP file{shipped}; pass --longlamp FILE or --skip longlamp"
+        )
+    return path
 
-    path = ev.args.longlamp or LONGLAMP_MINI / LONGLAMP_FILE
-    if not Path(path).is_file():
-        say(f"{path}: not found; LongLaMP skipped (pass --longlamp FILE)")
-        return []
+
+def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
+    tasks = load_longlamp(longlamp_path(ev.args))  # a missing or malformed file raises
     users = [UserData(t.user, [{"input": h.input, "output": h.output} for h in t.history], [],
-                      [{"input": t.query, "output": t.target}]) for t in load_longlamp(path)]  # fmt: skip
+                      [{"input": t.query, "output": t.target}]) for t in tasks]  # fmt: skip
     ev.build_profiles(users, "longlamp", best.layers, rouge_threshold=0.2)
     assert ev.runner is not None
     old = ev.runner.exact.config.max_tokens
@@ -454,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tests-per-kind", type=int, help="conditional dev AND test items per kind (quick 3)"
     )
-    p.add_argument("--longlamp", type=Path, help=f"LongLaMP JSON (default: {LONGLAMP_FILE})")
+    p.add_argument("--longlamp", type=Path, help="LongLaMP JSON (default: the shipped mini set, "
+                   f"evals/data/{LONGLAMP_MINI.parent.name}/{LONGLAMP_MINI.name})")  # fmt: skip
     p.add_argument("--skip", nargs="+", default=[],
                    choices=["personas", "conditional", "shift", "longlamp", "torch"],
                    help="leave parts out")  # fmt: skip
@@ -476,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--users, --history, --tests, --per-kind and --tests-per-kind must be at least 1"
         )
     styles = load_styles(args.styles)  # a bad spec fails before any model loads
-    from fints_edge.model import check_gguf
+    if "longlamp" not in args.skip:
+        load_longlamp(longlamp_path(args))  # so does a missing or malformed LongLaMP file
+    from fints_edge.llama.model import check_gguf
 
     model = check_gguf(resolve_model(args.model))
     command = "python -m evals " + portable_args(argv if argv is not None else sys.argv[1:])

@@ -47,7 +47,7 @@ class Perplexity:
     contexts keep only the last row. Plain prompts for models without a chat template."""
 
     def __init__(self, model: Path, *, n_ctx: int = 2048, threads: int | None = None) -> None:
-        from fints_edge.model import open_llama
+        from fints_edge.llama.model import open_llama
 
         self.llm = open_llama(model, n_ctx=n_ctx, n_threads=threads, logits_all=True)
 

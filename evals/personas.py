@@ -28,7 +28,7 @@ from fints_edge._atomic import write_text
 from fints_edge._cli import cli_main
 from fints_edge._paths import cache_dir, default_gguf
 from fints_edge.errors import FintsEdgeError
-from fints_edge.extract import DEFAULT_ANSWER_TOKENS
+from fints_edge.learn.extract import DEFAULT_ANSWER_TOKENS
 
 POOL_DIR = Path(__file__).parent / "data" / "pool"
 DEFAULT_STYLES = Path(__file__).parent / "data" / "styles.json"
@@ -65,7 +65,7 @@ def base_answers(
 ) -> dict[str, str]:
     """The model's greedy zero-shot answers; cached per model file, only missing ones computed."""
     from fints_edge.generate import complete
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
     from fints_edge.prompt import prompt_tokens
 
     key = hashlib.sha256(

@@ -20,6 +20,11 @@ METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static
                 "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch",
                 "fints-recency")  # fmt: skip
 STEERED = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-recency")
+# Methods whose answers are not streamed: the torch reference (evals/run.py ``_torch_answer``)
+# records its whole generation as ``first_token_ms``. That is no time to first token, so the
+# first-token column says so and the whole-generation time is shown apart, labelled.
+NON_STREAMING = {"fints-torch": "the torch reference, HF fp32, returns each answer whole"}
+NO_STREAMING_CELL = "n/a (no streaming)"
 # The chat's steering defaults (fints_edge.engine.EngineConfig), recorded beside the runs
 DEFAULT_KNOBS = ("mode", "k", "strength", "strength_unit", "temperature", "item_norm",
                  "prompt_strength", "preserve_norm", "repeat_fade", "block_repeats",
@@ -94,6 +99,27 @@ def _kb(x: Any) -> str:
     return "" if x is None else f"{x / 1024:.0f}"
 
 
+def _first_token(method: str, e: dict) -> str:
+    """The first-token cell: the median warm time, never a whole generation."""
+    if method in NON_STREAMING:
+        return NO_STREAMING_CELL
+    ttft = _f(e.get("first_token_ms"), 0)
+    if e.get("cold_first_token_ms") is not None:
+        ttft += f" (cold {e['cold_first_token_ms']:.0f})"
+    return ttft
+
+
+def whole_generation_lines(methods: dict) -> list[str]:
+    """Below a table: the whole-generation time of each method that does not stream."""
+    lines = []
+    for m, why in NON_STREAMING.items():
+        ms = methods.get(m, {}).get("first_token_ms")
+        if ms is not None:
+            lines += ["", f"{m} does not stream ({why}): no first-token time; its median "
+                      f"whole generation takes {ms:.0f} ms."]  # fmt: skip
+    return lines
+
+
 def method_table(bench: dict) -> list[str]:
     lines = [
         "| method | n | fluent adherence | adherence | fluent | vs zero-shot | vs rag-1 | "
@@ -103,9 +129,7 @@ def method_table(bench: dict) -> list[str]:
     methods = bench["methods"]
     for m in [m for m in METHOD_ORDER if m in methods]:
         e = methods[m]
-        ttft = _f(e.get("first_token_ms"), 0)
-        if e.get("cold_first_token_ms") is not None:
-            ttft += f" (cold {e['cold_first_token_ms']:.0f})"
+        ttft = _first_token(m, e)
         lines.append(
             f"| {m} | {e['n']} | {_f(e.get('fluent_adherence'))} | {_f(e.get('adherence'))} | "
             f"{_f(e.get('fluent'))} | {_ci(e, 'fluent_adherence_vs_zero-shot')} | "
@@ -113,7 +137,7 @@ def method_table(bench: dict) -> list[str]:
             f"{_f(e.get('added_prompt_tokens'), 0)} | {ttft} | {_kb(e.get('memory_bytes'))} | "
             f"{e.get('errors', 0)} |"
         )
-    return lines
+    return lines + whole_generation_lines(methods)
 
 
 def text_table(bench: dict) -> list[str]:
@@ -123,8 +147,8 @@ def text_table(bench: dict) -> list[str]:
     ]
     for m, e in bench["methods"].items():
         lines.append(f"| {m} | {e['n']} | {_f(e.get('rouge1'), 3)} | {_f(e.get('rougeL'), 3)} | "
-                     f"{_f(e.get('fluent'))} | {_f(e.get('first_token_ms'), 0)} |")  # fmt: skip
-    return lines
+                     f"{_f(e.get('fluent'))} | {_first_token(m, e)} |")  # fmt: skip
+    return lines + whole_generation_lines(bench["methods"])
 
 
 def group_table(groups: dict, title: str) -> list[str]:
@@ -345,7 +369,8 @@ def plot_pareto(results: dict, path: Path) -> None:
         methods = e["benchmarks"].get(bench, {}).get("methods", {})
         base = methods.get("zero-shot", {}).get("first_token_ms") or 0.0
         for m, v in methods.items():
-            if v.get("fluent_adherence") is None or v.get("first_token_ms") is None:
+            if (v.get("fluent_adherence") is None or v.get("first_token_ms") is None
+                    or m in NON_STREAMING):  # fmt: skip
                 continue
             x = v["first_token_ms"] - base
             ax.scatter(x, v["fluent_adherence"], color="C3" if m.startswith("fints") else "C0")

@@ -174,17 +174,17 @@ class Runner:
     def use(self, profile: Path, center: np.ndarray | None = None) -> None:
         """Switch to a user; ``center``: the reference mean their signals are centred on."""
         self.exact.use_profile(profile)
-        self.exact.center = center
+        self.exact.planner.center = center
         if self._cvec is not None:
             self._cvec.use_profile(profile)
-            self._cvec.center = center
+            self._cvec.planner.center = center
 
     def cvec(self) -> Engine:
         if self._cvec is None:
             self._cvec = Engine(
                 self.model, self.exact.profile_path, replace(self._cvec_base, mode="cvec")
             )
-            self._cvec.center = self.exact.center
+            self._cvec.planner.center = self.exact.planner.center
         return self._cvec
 
     def _configure(self, engine: Engine, s: Setting, rag: int) -> None:
@@ -214,10 +214,15 @@ class Runner:
             raise FintsEdgeError("fints-recency needs a setting with half_life_days > 0")
         plan: Plan | None = None
         if method == "static":
-            plan = Plan(engine.user_vector(), [], 1.0, opening=engine.user_opening())
-        elif method == "random":
+            plan = Plan(engine.static_steering(), [], 1.0)
+        elif method == "random":  # the method's plan, its directions (openings too) random
             plan = engine.plan(text)
-            plan = Plan(_same_norm_random(plan.vectors, seed), plan.retrieved, plan.gate)
+            if plan.steering is not None:
+                st = plan.steering
+                opening = None if st.opening is None else _same_norm_random(st.opening, seed + 1)
+                plan.steering = replace(
+                    st, vectors=_same_norm_random(st.vectors, seed), opening=opening
+                )
         reply = engine.reply(text, steer=method in STEERED, plan=plan)
         return {
             "prediction": reply.text,
@@ -296,10 +301,11 @@ class Runner:
         self._configure(self.exact, s, 0)
         plan = self.exact.plan(text)
         p = self.exact.profile
-        vectors = vectors_from_array(plan.vectors, p.sites, p.layers.tolist())
+        st = plan.steering
+        vectors = {} if st is None else vectors_from_array(st.vectors, st.sites, list(st.layers))
         opening = None
-        if plan.opening is not None:
-            first = vectors_from_array(plan.opening, p.sites, p.layers.tolist())
+        if st is not None and st.opening is not None:
+            first = vectors_from_array(st.opening, st.sites, list(st.layers))
             opening = {j: v for j, v in first.items() if j in s.layers}
         t0 = time.perf_counter()
         text_out = generate(

@@ -17,19 +17,14 @@ import numpy as np
 
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
-from fints_edge.extract import DEFAULT_ANSWER_TOKENS, DEFAULT_OPENING_TOKENS
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.layers import (
-    ATTN_READINGS,
-    DEFAULT_SITES,
-    SITE_CHOICES,
     AttnReading,
     Site,
     check_layers,
-    default_layer,
-    parse_sites,
 )
-from fints_edge.pairs import (
+from fints_edge.learn.extract import DEFAULT_ANSWER_TOKENS
+from fints_edge.learn.pairs import (
     DEFAULT_ROUGE_THRESHOLD,
     NEGATIVE_SOURCES,
     RETRY_SAMPLING,
@@ -37,22 +32,25 @@ from fints_edge.pairs import (
     build_pairs,
     others_negative,
 )
-from fints_edge.profile import PROMPT_FORMATS, Profile, PromptFormat, normalised_keys, utc_now
+from fints_edge.learn.recipe import Recipe, add_recipe_arguments, recipe_from_args
+from fints_edge.profile import Profile, PromptFormat
+
+_NEW = Recipe()  # a new profile's layers, sites, reading, layout, openings: as on the device
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    layers: tuple[int, ...] | None = None  # HF decoder indices; None = ~2/3 of the depth
-    sites: tuple[Site, ...] = parse_sites(DEFAULT_SITES)
-    attn_reading: AttnReading = "output"
+    layers: tuple[int, ...] | None = _NEW.layers  # HF decoder indices; None = ~2/3 of the depth
+    sites: tuple[Site, ...] = _NEW.sites
+    attn_reading: AttnReading = _NEW.attn_reading
     negatives: str = "zero-shot"
     others: Path | None = None
     rouge_threshold: float = DEFAULT_ROUGE_THRESHOLD
-    prompt_format: PromptFormat = "chat"
+    prompt_format: PromptFormat = _NEW.prompt_format
     max_new_tokens: int = DEFAULT_ANSWER_TOKENS
     # Answer positions the opening signals average over; 0 = store none (half the signal
     # bytes). The chat steers with them by default (the dev sweep kept them: docs/eval).
-    opening_tokens: int = DEFAULT_OPENING_TOKENS
+    opening_tokens: int = _NEW.opening_tokens
     encoder_dir: Path | None = None
     seed: int = 0
     progress: bool = True
@@ -78,7 +76,7 @@ def build_profile(
     model, tokenizer = load_hf(model_ref)
     _check_lengths(items, tokenizer, model.config, opts, history)
     identity = identity_from_hf(model, tokenizer)
-    layers = opts.layers or (default_layer(identity.n_layer),)
+    layers = opts.layers or tuple(_NEW.layers_for(identity.n_layer))
     layers = tuple(check_layers(sorted(set(layers)), identity.n_layer))
     from export.extract import resolve_prompt_format
 
@@ -111,22 +109,21 @@ def build_profile(
     )
     encoder = Encoder(export_encoder(opts.encoder_dir))
     kept = [items[p.index] for p in pairs]
-    profile = Profile(
+    profile = Profile.from_learned(
         model=identity,
-        layers=np.asarray(layers, dtype=np.int32),
-        sites=tuple(opts.sites),
+        layers=layers,
+        sites=opts.sites,
         attn_reading=opts.attn_reading,
-        signals=extracted.signals.astype(np.float16),  # [N, S, L, n_embd]
-        keys=normalised_keys(encoder.encode([p.input for p in pairs])),  # [N, D]
-        inputs=np.asarray([p.input for p in pairs], dtype=str),
-        outputs=np.asarray([p.chosen for p in pairs], dtype=str),
-        timestamps=np.asarray([it.timestamp for it in kept], dtype=np.float64),
-        residual_norms=extracted.residual_norms.astype(np.float32),
+        prompt_format=opts.prompt_format,
+        inputs=[p.input for p in pairs],
+        outputs=[p.chosen for p in pairs],
+        signals=extracted.signals,  # [N, S, L, n_embd]
+        keys=encoder.encode([p.input for p in pairs]),  # [N, D]
+        timestamps=[it.timestamp for it in kept],  # NaN stays NaN (unknown)
+        residual_norms=extracted.residual_norms,
         encoder_name=encoder.name,
         encoder_probe=encoder.probe(),
-        prompt_format=opts.prompt_format,
-        created=utc_now(),
-        opening=extracted.opening.astype(np.float16) if opts.opening_tokens else None,
+        opening=extracted.opening if opts.opening_tokens else None,
         opening_tokens=opts.opening_tokens,
     )
     profile.save(out)
@@ -196,28 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSONL, one {"input", "output"[, "rejected", "timestamp"]} per line',
     )
     p.add_argument("--out", required=True, help="profile to write (.npz); replaced atomically")
-    s = p.add_argument_group("signals")
-    s.add_argument(
-        "--layers",
-        type=int,
-        nargs="+",
-        help="HF 0-based decoder layers (default: ~2/3 of the depth)",
-    )
-    s.add_argument(
-        "--sites", choices=SITE_CHOICES, default=DEFAULT_SITES, help=f"default: {DEFAULT_SITES}"
-    )
-    s.add_argument(
-        "--attn-reading",
-        choices=ATTN_READINGS,
-        default=d.attn_reading,
-        help="attention site: block output (paper) or residual after attention (authors' code)",
-    )
-    s.add_argument(
-        "--prompt-format",
-        choices=PROMPT_FORMATS,
-        default=d.prompt_format,
-        help="lay input + answer out with the chat template or as plain text (default: chat)",
-    )
+    add_recipe_arguments(p.add_argument_group("signals"))
     n = p.add_argument_group("negatives")
     n.add_argument(
         "--negatives",
@@ -235,13 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--max-new-tokens", type=int, default=d.max_new_tokens, help="zero-shot answer length"
     )
-    s.add_argument(
-        "--opening-tokens",
-        type=int,
-        default=d.opening_tokens,
-        help="also store opening signals averaged over this many first answer positions, for "
-        f"--opening-scale in the chat (default: {d.opening_tokens}; 0 = none)",
-    )
     p.add_argument(
         "--encoder-dir", type=Path, help="ONNX encoder folder (exported once if missing)"
     )
@@ -253,16 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main("interrupted; the profile file is unchanged")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    recipe = recipe_from_args(args)
     opts = BuildOptions(
-        layers=tuple(args.layers) if args.layers else None,
-        sites=parse_sites(args.sites),
-        attn_reading=args.attn_reading,
+        layers=recipe.layers,
+        sites=recipe.sites,
+        attn_reading=recipe.attn_reading,
         negatives=args.negatives,
         others=args.others,
         rouge_threshold=args.rouge_threshold,
-        prompt_format=args.prompt_format,
+        prompt_format=recipe.prompt_format,
         max_new_tokens=args.max_new_tokens,
-        opening_tokens=args.opening_tokens,
+        opening_tokens=recipe.opening_tokens,
         encoder_dir=args.encoder_dir,
         seed=args.seed,
         progress=not args.quiet,
@@ -271,8 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FintsEdgeError(f"--out {args.out}: a profile file name must end in .npz")
     if Path(args.out).is_dir():
         raise FintsEdgeError(f"--out {args.out}: is a folder; name the profile file to write")
-    if args.max_new_tokens < 1 or args.opening_tokens < 0:
-        raise FintsEdgeError("need --max-new-tokens >= 1 and --opening-tokens >= 0")
+    if args.max_new_tokens < 1:
+        raise FintsEdgeError("--max-new-tokens must be >= 1")
     if not np.isfinite(args.rouge_threshold):
         raise FintsEdgeError(
             f"--rouge-threshold must be a finite number, got {args.rouge_threshold}"

@@ -51,7 +51,7 @@ def lowercase_share(text: str) -> float:
 def regenerate_history(out: Path = HISTORY) -> None:
     """Zero-shot headlines from the default GGUF (greedy), saved with their lowercase twins."""
     from fints_edge.generate import complete
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
     from fints_edge.prompt import prompt_tokens
 
     llm = open_llama(default_gguf(), n_ctx=512)
@@ -75,11 +75,11 @@ def ensure_profile(force: bool = False) -> Path:
     export_aggregator(default_aggregator_path())
     out = cache_dir() / "demo" / "me.npz"
     if out.is_file() and not force and out.stat().st_mtime > HISTORY.stat().st_mtime:
-        from fints_edge.layers import DEFAULT_SITES, default_layer, parse_sites
+        from fints_edge.learn.recipe import Recipe
         from fints_edge.profile import Profile
 
         built = Profile.load(out)
-        wanted = ([default_layer(built.model.n_layer)], parse_sites(DEFAULT_SITES))
+        wanted = (Recipe().layers_for(built.model.n_layer), Recipe().sites)
         if (built.layers.tolist(), built.sites) == wanted and built.opening is not None:
             print(f"using the demo profile built earlier: {out}", file=sys.stderr)
             return out

@@ -1,9 +1,9 @@
 """Offline signal extraction: per history item, chosen-minus-rejected activations at the
 attention and MLP sites of chosen decoder layers, averaged over the ANSWER tokens only.
 
-Works for the HF decoders in ``fints_edge.arch``'s table (Llama, Mistral, Qwen2, Gemma 3:
+Works for the HF decoders in ``fints_edge.llama.arch``'s table (Llama, Mistral, Qwen2, Gemma 3:
 ``model.model.layers[i]``); the module each site is read from comes from that table, the twin of
-the llama.cpp tensors ``fints_edge.extract`` reads. Hooks sit at the exact sites and always
+the llama.cpp tensors ``fints_edge.learn.extract`` reads. Hooks sit at the exact sites and always
 remove themselves.
 """
 
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fints_edge.arch import graph_of_hf
 from fints_edge.errors import FintsEdgeError
-from fints_edge.extract import DEFAULT_OPENING_TOKENS
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
 from fints_edge.layers import check_layers as layers_in_range
+from fints_edge.learn.extract import DEFAULT_OPENING_TOKENS
+from fints_edge.llama.arch import graph_of_hf
 from fints_edge.profile import PROMPT_FORMATS, PromptFormat
 
 # Keys of a recording: (kind, hf_layer) with kind "attn" | "mlp" | "out" (the layer's output).
@@ -48,7 +48,7 @@ def decoder_layers(model: Any) -> Any:
         return model.model.layers
     except AttributeError:
         raise FintsEdgeError(
-            f"{type(model).__name__}: not a decoder of fints_edge.arch's table "
+            f"{type(model).__name__}: not a decoder of fints_edge.llama.arch's table "
             "(no model.model.layers)"
         ) from None
 
@@ -149,7 +149,7 @@ def record_activations(
 
 def resolve_prompt_format(tokenizer: Any, prompt_format: PromptFormat) -> PromptFormat:
     """``chat`` becomes ``plain`` for a tokenizer without a chat template (a base model), as on
-    the device (``fints_edge.extract.DeviceExtractor``); a profile should record the result."""
+    the device (``fints_edge.learn.extract.DeviceExtractor``); a profile should record the result."""
     if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
         return "plain"
     return prompt_format

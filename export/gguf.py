@@ -126,7 +126,7 @@ def _interleave_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 def _arch_of(config: Any, hf_dir: Path) -> Any:
     import gguf
 
-    from fints_edge.arch import gguf_arch_of_hf
+    from fints_edge.llama.arch import gguf_arch_of_hf
 
     archs = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
              "gemma3": gguf.MODEL_ARCH.GEMMA3}  # fmt: skip
@@ -379,7 +379,7 @@ def convert_official(hf_dir: Path, out_path: Path, outtype: OutType = "f32") -> 
 # -- quantization ------------------------------------------------------------------------------------
 def gguf_file_type(path: Path) -> int:
     """``general.file_type`` (0 = f32, 1 = f16, 15 = Q4_K_M, ...), reading the vocabulary only."""
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
 
     llm = open_llama(path, n_ctx=64, n_threads=1, vocab_only=True)
     try:
@@ -447,7 +447,9 @@ def write_control_vector(vectors: np.ndarray, out_path: Path, model_hint: str) -
 def profile_to_control_vector(
     profile: Profile, out_path: Path, site: CvecSite = "mlp", strength: float = 1.0
 ) -> Path:
-    """The static user vector (mean of ALL signals: the CAA-style baseline) as a control vector.
+    """The raw mean of ALL signals (``Profile.raw_mean_signal``, the CAA-style user vector in
+    the signals' own units) times ``strength``, as a control vector. Not the engine's static
+    baseline (``Planner.static``), which item-normalises and uses residual units by default.
 
     A control vector adds at the layer output, which is exact for the MLP site. With
     ``site="both"`` the attention-site vector is added there too, an approximation: the real
@@ -455,7 +457,7 @@ def profile_to_control_vector(
     """
     if site not in ("mlp", "both"):
         raise FintsEdgeError(f"--site {site}: choose mlp or both")
-    user = profile.user_vector()  # [S, L, n_embd]
+    user = profile.raw_mean_signal()  # [S, L, n_embd]
     sites = ("mlp",) if site == "mlp" else profile.sites
     idx = [profile.site_index(s) for s in sites]  # raises if the profile lacks a site
     vectors = np.zeros((profile.model.n_layer, profile.n_embd), np.float32)  # [n_layer, n_embd]

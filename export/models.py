@@ -16,11 +16,11 @@ from typing import Any
 
 from fints_edge._atomic import atomic_dir, write_text
 from fints_edge._paths import cache_dir, default_gguf
-from fints_edge.arch import SUPPORTED, gguf_arch_of_hf
 from fints_edge.errors import FintsEdgeError
+from fints_edge.llama.arch import SUPPORTED, gguf_arch_of_hf
 from fints_edge.profile import ModelIdentity, tokenizer_fingerprint
 
-SUPPORTED_ARCHS = SUPPORTED  # GGUF archs of fints_edge.arch's table (HF mistral -> llama)
+SUPPORTED_ARCHS = SUPPORTED  # GGUF archs of fints_edge.llama.arch's table (HF mistral -> llama)
 _SHA_INDEX = "gguf-sha256.json"  # {"path|size|mtime_ns": sha256}: hashing 100 MB once is enough
 _CACHE_MARKER = "fints_edge_source.json"  # written last: its presence marks a complete folder
 _CACHE_VERSION = 2  # bump when the folder's content changes (2: BOS as in the GGUF)
@@ -181,7 +181,7 @@ def _check_vocab(src: Path) -> None:
 
 
 def _check_arch(arch: str, path: Path) -> None:
-    """``arch`` is a GGUF arch (``general.architecture``) of fints_edge.arch's table."""
+    """``arch`` is a GGUF arch (``general.architecture``) of fints_edge.llama.arch's table."""
     if arch not in SUPPORTED_ARCHS:
         raise FintsEdgeError(
             f"{path}: architecture '{arch}' is not supported; use a "
@@ -211,7 +211,7 @@ def load_hf(model: str | Path) -> tuple[Any, Any]:
 
 
 def identity_from_hf(model: Any, tokenizer: Any) -> ModelIdentity:
-    """The identity a profile records; equals ``fints_edge.model.identity_from_llama`` on the GGUF."""
+    """The identity a profile records; equals ``fints_edge.llama.model.identity_from_llama`` on the GGUF."""
     config = model.config
     n_vocab = len(tokenizer)
     tokens = tokenizer.convert_ids_to_tokens(list(range(n_vocab)))

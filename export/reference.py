@@ -4,7 +4,7 @@ At each steered decoder layer: v_attn is added to the attention block's output (
 position), so the MLP that follows runs on the steered residual (the "re-pulse"), and v_mlp is
 added to the MLP's output. This is the oracle every llama.cpp injection path is tested against.
 In llama.cpp terms: v_attn lands on ``ffn_inp-L``, v_mlp on ``l_out-L`` (hf_layer L). The module
-of each site comes from ``fints_edge.arch`` (gemma3: the post-attention / post-FFN norms' outputs,
+of each site comes from ``fints_edge.llama.arch`` (gemma3: the post-attention / post-FFN norms' outputs,
 what its blocks add to the residual stream).
 """
 
@@ -25,9 +25,9 @@ from export.extract import (
     prompt_ids,
     register_hooks,
 )
-from fints_edge.arch import graph_of_hf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import SITES, Site
+from fints_edge.llama.arch import graph_of_hf
 from fints_edge.profile import PromptFormat
 
 Vectors = Mapping[int, Mapping[Site, np.ndarray | torch.Tensor]]  # hf_layer -> site -> [n_embd]

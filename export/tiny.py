@@ -112,7 +112,7 @@ def make_tiny_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from fints_edge.arch import gguf_arch_of_hf
+    from fints_edge.llama.arch import gguf_arch_of_hf
 
     if arch not in TINY_ARCHS:
         raise ValueError(f"arch {arch!r}: choose one of {TINY_ARCHS}")

@@ -13,12 +13,9 @@ import shutil
 import sys
 import textwrap
 from collections.abc import Sequence
-from dataclasses import fields
 
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
-from fints_edge.layers import SITE_CHOICES, parse_sites
-from fints_edge.scaling import STRENGTH_UNITS
 
 HELP = """commands:
   /steer on|off     turn personal steering on or off
@@ -36,9 +33,13 @@ HELP = """commands:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fints_edge.engine import EngineConfig
+    from fints_edge.config import (
+        GENERATION_FLAGS,
+        STEERING_FLAGS,
+        add_gate_and_sites,
+        add_knob_arguments,
+    )
 
-    d = EngineConfig()
     p = argparse.ArgumentParser(
         prog="python -m fints_edge.chat",
         description="Chat with a llama.cpp model steered toward one user's style (Fints).",
@@ -58,123 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument(
         "--aggregator", help="aggregator.onnx (default: the one `python -m export.onnx` wrote)"
     )
-
     steer = p.add_argument_group("steering")
-    steer.add_argument(
-        "--mode",
-        choices=["exact", "cvec"],
-        default=d.mode,
-        help=f"exact = eval-callback Pulse-and-Re-Pulse; cvec = built-in control vector (default: {d.mode})",
-    )
-    steer.add_argument(
-        "--strength",
-        type=float,
-        default=d.strength,
-        help=f"in --strength-unit units (default: {d.strength:g})",
-    )
-    steer.add_argument(
-        "--strength-unit",
-        choices=STRENGTH_UNITS,
-        default=d.strength_unit,
-        help="absolute = a multiplier of the aggregated signal; residual = a share of the "
-        f"layer's residual-stream norm for a typical item, comparable across models (default: {d.strength_unit})",
-    )
-    steer.add_argument(
-        "--prompt-strength",
-        type=float,
-        default=d.prompt_strength,
-        metavar="X",
-        help="share of the steering on the prompt; 0 = steer the answer only "
-        f"(default: {d.prompt_strength:g})",
-    )
-    steer.add_argument(
-        "--item-norm",
-        action=argparse.BooleanOptionalAction,
-        default=d.item_norm,
-        help="give each retrieved item's signal the same norm before averaging",
-    )
-    steer.add_argument(
-        "--keep-norm",
-        dest="preserve_norm",
-        action=argparse.BooleanOptionalAction,
-        default=d.preserve_norm,
-        help="rescale each steered hidden state to its unsteered norm (exact mode)",
-    )
-    steer.add_argument(
-        "--block-repeats",
-        type=int,
-        default=d.block_repeats,
-        metavar="N",
-        help="a steered answer may not repeat a sequence of N tokens it already wrote; 0 = off "
-        f"(default: {d.block_repeats})",
-    )
-    steer.add_argument(
-        "--repeat-fade",
-        type=float,
-        default=d.repeat_fade,
-        metavar="F",
-        help="multiply the steering by F each time the answer repeats itself; 1 = off "
-        f"(default: {d.repeat_fade:g})",
-    )
-    steer.add_argument(
-        "-k",
-        "--top-k",
-        dest="k",
-        type=int,
-        default=d.k,
-        help=f"history items retrieved per request (default: {d.k})",
-    )
-    steer.add_argument(
-        "--temperature",
-        type=float,
-        default=d.temperature,
-        help="softmax(similarity/T) weights; 0 = uniform mean (default: 0)",
-    )
-    steer.add_argument(
-        "--sites",
-        choices=SITE_CHOICES,
-        default="both",
-        help="which signals to inject (default: both)",
-    )
-    steer.add_argument(
-        "--gate",
-        metavar="FLOOR:FULL",
-        help="fade steering out when the best similarity is below FULL, off at FLOOR (default: off)",
-    )
-    steer.add_argument(
-        "--half-life",
-        dest="half_life_days",
-        type=float,
-        default=d.half_life_days,
-        metavar="DAYS",
-        help="favour recent items: weight halves every DAYS before the newest item (default: off)",
-    )
-    steer.add_argument(
-        "--opening-scale",
-        type=float,
-        metavar="X",
-        help="steer where the answer starts with the profile's opening signals at --strength "
-        f"x X (exact mode; default: {d.opening_scale:g}, 0 = off; profiles built without "
-        "opening signals steer without them)",
-    )
+    add_knob_arguments(steer, STEERING_FLAGS)
+    add_gate_and_sites(steer)
     steer.add_argument("--no-steer", action="store_true", help="baseline: no steering at all")
-
-    gen = p.add_argument_group("generation")
-    gen.add_argument(
-        "--rag",
-        type=int,
-        default=d.rag,
-        help=f"retrieved examples shown as earlier turns (default: {d.rag})",
-    )
-    gen.add_argument(
-        "--max-tokens", type=int, default=d.max_tokens, help=f"default: {d.max_tokens}"
-    )
-    gen.add_argument(
-        "--n-ctx", type=int, default=d.n_ctx, help=f"context length (default: {d.n_ctx})"
-    )
-    gen.add_argument(
-        "--threads", type=int, help="CPU threads for prompt and generation (default: all, up to 4)"
-    )
+    add_knob_arguments(p.add_argument_group("generation"), GENERATION_FLAGS)
 
     once = p.add_argument_group("one-shot")
     once.add_argument("--prompt", help="answer this one input and exit")
@@ -189,68 +78,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config_from(args: argparse.Namespace):  # -> EngineConfig
-    from fints_edge.engine import EngineConfig
+def check_flags(args: argparse.Namespace):  # -> EngineConfig
+    """Refuse bad combinations before anything is loaded; the config the flags ask for."""
+    from fints_edge.config import config_from_args
 
-    sim_floor = sim_full = 0.0
-    if args.gate:
-        try:
-            sim_floor, sim_full = (float(x) for x in args.gate.split(":"))
-        except ValueError:
-            raise FintsEdgeError(
-                f"--gate takes FLOOR:FULL similarities, e.g. 0.2:0.5, not '{args.gate}'"
-            ) from None
-        if not (math.isfinite(sim_floor) and math.isfinite(sim_full) and sim_full > sim_floor):
-            raise FintsEdgeError(f"--gate {args.gate}: FLOOR:FULL needs finite FULL > FLOOR")
-    sites = None if args.sites == "both" else parse_sites(args.sites)
-    known = {f.name for f in fields(EngineConfig)}
-    values = {k: v for k, v in vars(args).items() if k in known and v is not None}
-    values.update(sim_floor=sim_floor, sim_full=sim_full, sites=sites)
-    return EngineConfig(**values)
-
-
-def check_flags(args: argparse.Namespace) -> None:
-    """Refuse bad combinations before anything is loaded."""
     if (args.json or args.compare) and not args.prompt:
         raise FintsEdgeError("--json and --compare go with --prompt TEXT")
     if args.compare and args.no_steer:
         raise FintsEdgeError("--compare already shows the unsteered answer; drop --no-steer")
-    if args.k < 1 or args.max_tokens < 1 or args.rag < 0 or args.n_ctx < 64:
-        raise FintsEdgeError("need -k >= 1, --max-tokens >= 1, --rag >= 0 and --n-ctx >= 64")
-    if args.threads is not None and args.threads < 1:
-        raise FintsEdgeError("--threads must be at least 1")
-    if not args.half_life_days >= 0 or not math.isfinite(args.half_life_days):
-        raise FintsEdgeError("--half-life must be a finite number of days >= 0 (0 = off)")
-    if args.opening_scale and args.mode != "exact":
-        raise FintsEdgeError(
-            "--opening-scale needs position-scoped injection: use --mode exact, or leave it out"
-        )
-    for flag, value in (
-        ("--strength", args.strength),
-        ("--opening-scale", args.opening_scale or 0.0),
-        ("--temperature", args.temperature),
-        ("--prompt-strength", args.prompt_strength),
-        ("--repeat-fade", args.repeat_fade),
-    ):
-        if not math.isfinite(value):
-            raise FintsEdgeError(f"{flag} must be a finite number, got {value}")
-    if args.block_repeats < 0 or args.block_repeats == 1:
-        raise FintsEdgeError("--block-repeats takes 0 (off) or an n-gram size of 2 or more")
-    if not 0 <= args.repeat_fade <= 1 or args.prompt_strength < 0:
-        raise FintsEdgeError("--repeat-fade must be in [0, 1] (1 = off), --prompt-strength >= 0")
-    if args.mode == "cvec" and args.preserve_norm:
-        raise FintsEdgeError(
-            "--keep-norm acts inside the graph: use --mode exact or --no-keep-norm"
-        )
-    if args.temperature < 0:
-        raise FintsEdgeError("--temperature must be >= 0 (0 = uniform weights)")
+    return config_from_args(args)
 
 
 @cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_flags(args)
-    config = _config_from(args)
+    config = check_flags(args)
     from fints_edge._paths import default_gguf
     from fints_edge.engine import Engine
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fints_edge._vectors import unit_rows
 from fints_edge.encode_static import StaticEmbeddings
 from fints_edge.errors import FintsEdgeError
 
@@ -137,8 +138,7 @@ class Encoder:
         hidden = self._session.run(None, feeds)[0]  # [b, t, d]
         m = mask[:, :, None].astype(np.float32)  # [b, t, 1]
         pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)  # [b, d]
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit_rows(pooled)
 
     def probe(self) -> np.ndarray:
         """This encoder's embedding of PROBE_SENTENCE, float32 [d] (computed once, at load)."""
@@ -164,7 +164,7 @@ class Encoder:
                 f"makes {self.dim}; {fix}"
             )
         mine = self.probe()
-        cos = float(mine @ probe / max(float(np.linalg.norm(probe)), 1e-12))
+        cos = float(mine @ unit_rows(probe))
         if not cos >= PROBE_MIN_COSINE:
             raise FintsEdgeError(
                 f"{profile_path}: encoder probe disagrees with {self.path} (cosine {cos:.4f} < "

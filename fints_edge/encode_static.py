@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fints_edge._vectors import unit_rows
 from fints_edge.errors import FintsEdgeError
 
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -77,7 +78,7 @@ class StaticEmbeddings:
         self._rows = rows  # [V, d]
         self._tokenizer = tok
         self._unk: int | None = tok.token_to_id(unk) if unk else None
-        self._empty = mean / max(float(np.linalg.norm(mean)), 1e-12)  # [d] for texts of no token
+        self._empty = unit_rows(mean)  # [d] for texts of no token
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The ids that are averaged, per text (model2vec's ``StaticModel.tokenize``)."""
@@ -90,10 +91,6 @@ class StaticEmbeddings:
         """Unit-length float32 [n, d]: the mean of each text's token rows, L2-normalised."""
         out = np.empty((len(texts), self.dim), np.float32)  # [n, d]
         for i, ids in enumerate(self.token_ids(texts)):
-            if not ids:
-                out[i] = self._empty
-                continue
-            mean = self._rows[ids].astype(np.float32).mean(axis=0)  # [d]
-            norm = float(np.linalg.norm(mean))
-            out[i] = mean / norm if norm > 0 else self._empty
+            mean = self._rows[ids].astype(np.float32).mean(axis=0) if ids else None  # [d]
+            out[i] = self._empty if mean is None or not mean.any() else unit_rows(mean)
         return out

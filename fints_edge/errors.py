@@ -11,3 +11,7 @@ class ProfileError(FintsEdgeError):
 
 class HistoryError(FintsEdgeError):
     """A history JSONL file is unreadable, empty, or has a bad line."""
+
+
+class NoUsableItems(FintsEdgeError):
+    """Every history item lacked a contrast (its negative equals the output): nothing to learn."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.inject import Injector
+from fints_edge.llama.inject import Injector
 
 REPEAT_NGRAM = 4  # tokens; about three words of English
 # At most this share of repeated word 3-grams is never called a loop (the fluency rule's floor,

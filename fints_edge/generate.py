@@ -12,38 +12,15 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.inject import CallbackInjector
+from fints_edge.llama.context import CONTEXT_FIX, decode_error, free_sampler
+from fints_edge.llama.inject import Injector
 
 Finish = Literal["length", "stop"]
-_DECODE_CODE = re.compile(r"llama_decode returned (-?\d+)")
-CONTEXT_FIX = "lower --max-tokens or --rag, shorten the input, or raise --n-ctx"
-
-
-def decode_error(error: RuntimeError, llm: Any, fix: str = CONTEXT_FIX) -> FintsEdgeError:
-    """llama-cpp-python's RuntimeError from a decode as an error a user can act on.
-
-    llama_decode's codes: 1 = no room left in the KV cache (the context is full), 2 = aborted,
-    -1 = an invalid batch, other negatives = a failed computation.
-    """
-    match = _DECODE_CODE.search(str(error))
-    code = int(match.group(1)) if match else None
-    if code == 1:
-        return FintsEdgeError(f"llama.cpp's context ({llm.n_ctx()} tokens) is full: {fix}")
-    if code == 2:
-        return FintsEdgeError(
-            "llama.cpp aborted the computation; the request was dropped, retry it"
-        )
-    where = f"code {code}" if code is not None else str(error)
-    return FintsEdgeError(
-        f"llama.cpp failed to decode ({where}); the request was dropped. If it happens again, "
-        "check this machine's build with `python -m fints_edge.doctor`"
-    )
 
 
 def token_piece(vocab: Any, token: int, buf: ctypes.Array[ctypes.c_char] | None = None) -> bytes:
@@ -82,7 +59,7 @@ class Generation:
         seed: int = 0,
         temperature: float = 0.0,
         top_p: float = 0.95,
-        injector: CallbackInjector | None = None,
+        injector: Injector | None = None,
         fix: str = CONTEXT_FIX,
         on_token: Callable[[Sequence[int]], None] | None = None,
         logits_processor: Callable[[Any, Any], Any] | None = None,
@@ -138,7 +115,7 @@ class Generation:
                 self.finish = "length"
         finally:
             sampled.close()  # the last token is never decoded: nothing samples after it
-            _free_sampler(self.llm)
+            free_sampler(self.llm)
         tail = decoder.decode(b"", final=True)  # an unfinished character at the end: U+FFFD
         if tail:
             yield tail
@@ -166,7 +143,7 @@ def complete(
     seed: int = 0,
     temperature: float = 0.0,
     top_p: float = 0.95,
-    injector: CallbackInjector | None = None,
+    injector: Injector | None = None,
     fix: str = CONTEXT_FIX,
 ) -> str:
     """The whole answer after ``prompt``, stripped: ``create_completion``'s text for a token
@@ -192,22 +169,3 @@ def complete(
         fix=fix,
     )
     return "".join(gen).strip()
-
-
-def prefill(llm: Any, tokens: Sequence[int], fix: str = CONTEXT_FIX) -> None:
-    """Compute ``tokens`` into the KV cache from position 0 (llama.cpp failures as a
-    FintsEdgeError); a :class:`Generation` whose prompt starts with them reuses that KV."""
-    llm.reset()
-    try:
-        llm.eval(list(tokens))
-    except RuntimeError as e:
-        raise decode_error(e, llm, fix) from e
-
-
-def _free_sampler(llm: Any) -> None:
-    """``Llama.generate`` leaves its sampler chain on the Llama, held in a reference cycle that
-    only the cyclic garbage collector breaks; until it runs, their native memory piles up (+45 MB
-    RSS measured over 4,000 short requests, flat with this)."""
-    sampler, llm._sampler = getattr(llm, "_sampler", None), None
-    if sampler is not None:
-        sampler.close()

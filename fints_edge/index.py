@@ -1,11 +1,12 @@
 """Cosine top-K over a user's history keys: an exact numpy scan, and hnswlib for huge histories.
 
-Measured here (d=384, one thread): the exact scan costs ~0.08 ms at 1k keys, ~0.5-0.8 ms at 10k
-and ~5 ms at 50k, while building the hnswlib graph costs ~0.07 s at 1k and ~2.5-3 s at 10k, and
-hnswlib misbehaves on tiny indexes (fewer than k results). A per-user history is rarely past a
-few thousand items, so the graph is only built past ``exact_below`` items (20k by default).
-Similarities from both paths are recomputed from the stored keys: identical numbers whichever
-path found the ids.
+What the exact scan costs is measured by `make bench`: the ``retrieve`` and ``index build``
+columns of bench/README.md's per-request set-up table, at the profile sizes it runs
+(``python -m bench.run --sizes``); no command here times the hnswlib graph (its build or its
+queries). hnswlib misbehaves on tiny indexes (fewer than k results), and a per-user history is
+rarely past a few thousand items, so the graph is only built past ``exact_below`` items (20k by
+default). Similarities from both paths are recomputed from the stored keys: identical numbers
+whichever path found the ids.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from fints_edge._vectors import unit_rows
 from fints_edge.errors import FintsEdgeError
 
 EXACT_BELOW = 20_000  # build the hnswlib graph only when there are more items than this
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)  # profiles store float16 keys
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 class Index:
@@ -69,7 +65,7 @@ class Index:
             raise FintsEdgeError("index keys contain NaN or infinity")
         start = len(self)
         ids = np.arange(start, start + keys.shape[0], dtype=np.int64)  # [n]
-        self._keys = np.concatenate([self._keys, _normalised(keys)])
+        self._keys = np.concatenate([self._keys, unit_rows(keys)])
         if self._graph is not None:
             self._graph_add(self._keys[start:], ids)
         elif len(self) > self.exact_below:
@@ -83,7 +79,7 @@ class Index:
             raise FintsEdgeError(f"query must have {self.dim} dims, got {q.shape[0]}")
         if k < 1:
             raise FintsEdgeError(f"k must be at least 1, got {k}")
-        q = _normalised(q)
+        q = unit_rows(q)
         k = min(k, len(self))
         if k == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)

@@ -6,19 +6,23 @@ durable (``fints_edge._atomic``): a failed or killed write leaves the old file i
 
 Loading trusts nothing in the file: member names, declared sizes (a zip bomb is refused before
 anything is decompressed) and every ``.npy`` header (dtype, shape against the profile's own
-dimensions) are checked before a byte of array data is read.
+dimensions) are checked before a byte of array data is read. ``read_header`` gives a listing's
+facts with the same checks, without reading the large arrays. A file that cannot be opened says
+why (permissions, not a file); only a damaged archive is called "not a readable profile".
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import lzma
 import math
 import os
+import stat
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -26,6 +30,7 @@ from typing import IO, Any, Literal
 import numpy as np
 
 from fints_edge._atomic import atomic_write, write_failed
+from fints_edge._vectors import unit_rows
 from fints_edge.errors import ProfileError
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
 
@@ -139,6 +144,48 @@ class Profile:
     def __post_init__(self) -> None:
         _validate(self, _UNSAVED)
 
+    @classmethod
+    def from_learned(
+        cls,
+        *,
+        model: ModelIdentity,
+        layers: Sequence[int],
+        sites: Sequence[Site],
+        attn_reading: AttnReading,
+        prompt_format: PromptFormat,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        signals: np.ndarray,
+        keys: np.ndarray,
+        timestamps: Sequence[float] | np.ndarray,
+        residual_norms: np.ndarray,
+        encoder_name: str,
+        encoder_probe: np.ndarray,
+        opening: np.ndarray | None = None,
+        opening_tokens: int = 0,
+    ) -> Profile:
+        """A new profile from learned items (torch's ``export.build`` and the device's learner),
+        in the stored types: float16 signals [N, S, L, n_embd] (and openings, stored only when
+        given), unit float16 keys [N, D] from raw embeddings, created now."""
+        return cls(
+            model=model,
+            layers=np.asarray(layers, dtype=np.int32),
+            sites=tuple(sites),
+            attn_reading=attn_reading,
+            signals=np.asarray(signals).astype(np.float16),
+            keys=normalised_keys(keys),
+            inputs=np.asarray(list(inputs), dtype=str),
+            outputs=np.asarray(list(outputs), dtype=str),
+            timestamps=np.asarray(timestamps, dtype=np.float64),
+            residual_norms=np.asarray(residual_norms).astype(np.float32),
+            encoder_name=encoder_name,
+            encoder_probe=np.asarray(encoder_probe, dtype=np.float32),
+            prompt_format=prompt_format,
+            created=utc_now(),
+            opening=None if opening is None else np.asarray(opening).astype(np.float16),
+            opening_tokens=0 if opening is None else opening_tokens,
+        )
+
     # -- shape helpers -------------------------------------------------------------------
     @property
     def n_items(self) -> int:
@@ -153,8 +200,12 @@ class Profile:
             raise ProfileError(f"profile has no '{site}' signals (it has {', '.join(self.sites)})")
         return self.sites.index(site)
 
-    def user_vector(self) -> np.ndarray:
-        """Mean of all signals, float32 [S, L, n_embd]: the static, user-level (CAA) vector."""
+    def raw_mean_signal(self) -> np.ndarray:
+        """Mean of all stored signals, float32 [S, L, n_embd], in the signals' own units (raw
+        activation differences): no centring, item norm, strength or residual units. The
+        static control vector of ``export.gguf`` is this times its strength; the engine's static
+        baseline (``fints_edge.plan.Planner.static``) is a different vector, shaped and scaled
+        like a request's."""
         return self.signals.astype(np.float32).mean(axis=0)
 
     def check_model(self, model: ModelIdentity, path: str | os.PathLike[str] = "profile") -> None:
@@ -278,27 +329,15 @@ class Profile:
     def load(cls, path: str | os.PathLike[str]) -> Profile:
         """Load and validate every field; errors name the file and the field."""
         path = Path(path)
-        if path.is_dir():
-            raise ProfileError(f"{path}: is a folder; pass the profile file (.npz) inside it")
-        if not path.is_file():
-            raise ProfileError(f"{path}: no such profile; build one with `python -m export.build`")
-        try:
-            arrays = _read_npz(path, str(path))
-        except _ZIP_ERRORS as e:
-            raise ProfileError(f"{path}: not a readable profile ({e}); {_REBUILD}") from e
+        with _open(path) as f:
+            arrays = _read_npz(f, str(path))
         return cls.from_arrays(arrays, source=str(path))
 
     @classmethod
     def from_arrays(cls, a: dict[str, np.ndarray], source: str = "profile") -> Profile:
         version = _check_format(a, source)
         has_opening = version >= 2 and "opening" in a
-        model = ModelIdentity(
-            arch=_scalar(a, "model_arch", str, source),
-            n_layer=_scalar(a, "model_n_layer", int, source),
-            n_embd=_scalar(a, "model_n_embd", int, source),
-            n_vocab=_scalar(a, "model_n_vocab", int, source),
-            tokenizer_sha256=_scalar(a, "model_tokenizer_sha256", str, source),
-        )
+        model = _identity(a, source)
         try:
             return cls(
                 model=model,
@@ -324,8 +363,7 @@ class Profile:
 
 def normalised_keys(keys: np.ndarray) -> np.ndarray:
     """float16 [N, D] unit rows: half the bytes of float32, cosine error ~1e-3 (top-K unchanged)."""
-    k = np.asarray(keys, dtype=np.float32)
-    return (k / np.linalg.norm(k, axis=1, keepdims=True)).astype(np.float16)
+    return unit_rows(keys).astype(np.float16)
 
 
 def utc_now() -> str:
@@ -365,27 +403,109 @@ def _unpack_texts(a: dict[str, np.ndarray], name: str, source: str) -> np.ndarra
     return np.asarray(texts, dtype=str)
 
 
+@dataclass(frozen=True)
+class ProfileHeader:
+    """The cheap facts of a profile file (:func:`read_header`): no signal is read."""
+
+    model: ModelIdentity
+    n_items: int
+    layers: tuple[int, ...]
+    sites: tuple[str, ...]
+    created: str
+    format_version: int
+    has_opening: bool
+
+
+def read_header(path: str | os.PathLike[str]) -> ProfileHeader:
+    """What a listing shows, read with every check ``Profile.load`` makes on the same members
+    (member names, declared sizes, ``.npy`` headers), without reading the large arrays' data."""
+    path = Path(path)
+    source = str(path)
+    with _open(path) as f, _zip_errors(source):
+        with zipfile.ZipFile(f) as z:
+            members = _members(z, source)
+            a = _read_small(z, members, source)
+            version = _check_format(a, source)
+            dims = _Dims(source, a)
+            if "signals" not in members:
+                raise _fail(source, "signals", "is missing")
+            with z.open(members["signals"]) as m:
+                _checked_header(m, members["signals"], source, dims.rule("signals"))
+    layers = _array(a, "layers", source)
+    if not (layers.size and bool(np.all(np.diff(layers) > 0))):
+        raise _fail(source, "layers", "must be strictly ascending")
+    sites = tuple(str(x) for x in _array(a, "sites", source).tolist())
+    if not all(x in SITES for x in sites):
+        raise _fail(source, "sites", f"must be among {SITES}, got {sites}")
+    return ProfileHeader(
+        model=_identity(a, source),
+        n_items=dims.N,
+        layers=tuple(int(x) for x in layers),
+        sites=sites,
+        created=_scalar(a, "created", str, source),
+        format_version=version,
+        has_opening=version >= 2 and "opening" in members,
+    )
+
+
 # -- reading a file nobody vouches for ------------------------------------------------------------
-# Everything zipfile, zlib and numpy's header parser raise for a damaged or hostile file.
-_ZIP_ERRORS = (
+# What zipfile and its decompressors raise for a damaged or hostile archive: bad records, a zip
+# "version" or feature it does not implement, undecodable member names, data cut short, and seeks
+# to offsets the file declares (EINVAL). The file is already open (permissions are checked at
+# open), and numpy's header errors are caught where the header is parsed, so nothing else (a bug,
+# say) is ever relabelled as a damaged file.
+_DAMAGED = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
+    NotImplementedError,
+    UnicodeDecodeError,
     EOFError,
     OSError,
-    ValueError,
-    KeyError,
-    NotImplementedError,
-    RuntimeError,
     zlib.error,
     lzma.LZMAError,
 )
+_ZIP_FLAGS_REFUSED = {0x1: "is encrypted", 0x20: "holds patched data", 0x40: "is encrypted"}
 
 
-def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
+def _open(path: Path) -> IO[bytes]:
+    """The profile file opened for reading, or one line saying why it cannot be."""
+    try:
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise ProfileError(f"{path}: is a folder; pass the profile file (.npz) inside it")
+        if not stat.S_ISREG(mode):
+            raise ProfileError(f"{path}: not a regular file; pass the profile file (.npz)")
+        return path.open("rb")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ProfileError(
+            f"{path}: no such profile; build one with `python -m export.build`"
+        ) from None
+    except PermissionError:
+        raise ProfileError(
+            f"{path}: cannot be read (permission denied); give your user read access to the "
+            f"file and its folder (e.g. `chmod u+r {path}`)"
+        ) from None
+    except OSError as e:
+        raise ProfileError(
+            f"{path}: cannot be opened ({e.strerror or e}); check the file and its disk"
+        ) from e
+
+
+@contextlib.contextmanager
+def _zip_errors(source: str) -> Iterator[None]:
+    """A damaged archive as one line; every other exception passes as it is."""
+    try:
+        yield
+    except _DAMAGED as e:
+        why = str(e) or type(e).__name__
+        raise ProfileError(f"{source}: not a readable profile ({why}); {_REBUILD}") from e
+
+
+def _read_npz(f: IO[bytes], source: str) -> dict[str, np.ndarray]:
     """The profile's arrays; each member's size and ``.npy`` header is checked before its data."""
-    with zipfile.ZipFile(path) as z:
+    with _zip_errors(source), zipfile.ZipFile(f) as z:
         members = _members(z, source)
-        a = {k: _read_member(z, members[k], source, _small_rule(k)) for k in _SMALL if k in members}
+        a = _read_small(z, members, source)
         version = _check_format(a, source)
         dims = _Dims(source, a)
         for key in _LARGE:
@@ -397,6 +517,22 @@ def _read_npz(path: Path, source: str) -> dict[str, np.ndarray]:
                 raise _fail(source, key, "is missing")
             a[key] = _read_member(z, members[key], source, dims.rule(key))
     return a
+
+
+def _read_small(
+    z: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], source: str
+) -> dict[str, np.ndarray]:
+    return {k: _read_member(z, members[k], source, _small_rule(k)) for k in _SMALL if k in members}
+
+
+def _identity(a: dict[str, np.ndarray], source: str) -> ModelIdentity:
+    return ModelIdentity(
+        arch=_scalar(a, "model_arch", str, source),
+        n_layer=_scalar(a, "model_n_layer", int, source),
+        n_embd=_scalar(a, "model_n_embd", int, source),
+        n_vocab=_scalar(a, "model_n_vocab", int, source),
+        tokenizer_sha256=_scalar(a, "model_tokenizer_sha256", str, source),
+    )
 
 
 def _members(z: zipfile.ZipFile, source: str) -> dict[str, zipfile.ZipInfo]:
@@ -412,6 +548,12 @@ def _members(z: zipfile.ZipFile, source: str) -> dict[str, zipfile.ZipInfo]:
             )
         if key in out:
             raise ProfileError(f"{source}: member '{info.filename}' appears twice; {_REBUILD}")
+        refused = [why for bit, why in _ZIP_FLAGS_REFUSED.items() if info.flag_bits & bit]
+        if refused:
+            raise ProfileError(
+                f"{source}: member '{info.filename}' {refused[0]} (profiles are plain zip "
+                f"files); {_REBUILD}"
+            )
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ProfileError(
                 f"{source}: member '{info.filename}' uses compression method "
@@ -444,22 +586,8 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, rule: _
     """One ``.npy`` member: header first (size, dtype, shape), data only if all of it is right."""
     key = info.filename.removesuffix(".npy")
     with z.open(info) as f:
-        shape, fortran, dtype = _npy_header(f, source, key)
-        if dtype.hasobject:
-            raise _fail(source, key, "holds Python objects (pickles are never loaded)")
-        if any(d < 0 for d in shape):
-            raise _fail(source, key, f"has a negative dimension in its shape {shape}")
+        shape, fortran, dtype = _checked_header(f, info, source, rule)
         count = math.prod(shape)
-        if info.file_size != f.tell() + count * dtype.itemsize:
-            raise _fail(
-                source,
-                key,
-                f"header says {dtype} {shape} ({count * dtype.itemsize:,} bytes) but the member "
-                f"holds {info.file_size - f.tell():,} bytes of data",
-            )
-        problem = rule(dtype, shape)
-        if problem:
-            raise _fail(source, key, problem)
         arr = np.ndarray(count, dtype=dtype)  # np.empty mishandles zero-width strings
         raw = arr.view(np.uint8) if arr.nbytes else arr[:0]  # [count * itemsize]
         for start in range(0, raw.size, _READ_CHUNK):  # one copy, no bytes object of it all
@@ -471,12 +599,40 @@ def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str, rule: _
     return arr.reshape(shape)
 
 
+def _checked_header(
+    f: IO[bytes], info: zipfile.ZipInfo, source: str, rule: _Rule
+) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """A member's ``.npy`` header (shape, fortran order, dtype), refused unless its size fits
+    the member and ``rule`` accepts it; ``f`` is left at the start of the data."""
+    key = info.filename.removesuffix(".npy")
+    shape, fortran, dtype = _npy_header(f, source, key)
+    if dtype.hasobject:
+        raise _fail(source, key, "holds Python objects (pickles are never loaded)")
+    if any(d < 0 for d in shape):
+        raise _fail(source, key, f"has a negative dimension in its shape {shape}")
+    count = math.prod(shape)
+    if info.file_size != f.tell() + count * dtype.itemsize:
+        raise _fail(
+            source,
+            key,
+            f"header says {dtype} {shape} ({count * dtype.itemsize:,} bytes) but the member "
+            f"holds {info.file_size - f.tell():,} bytes of data",
+        )
+    problem = rule(dtype, shape)
+    if problem:
+        raise _fail(source, key, problem)
+    return shape, fortran, dtype
+
+
 def _npy_header(f: IO[bytes], source: str, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_MAX_HEADER)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_MAX_HEADER)
+    try:  # numpy's header parser raises ValueError for whatever it cannot parse
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f, max_header_size=_NPY_MAX_HEADER)
+        if version == (2, 0):
+            return np.lib.format.read_array_header_2_0(f, max_header_size=_NPY_MAX_HEADER)
+    except ValueError as e:
+        raise _fail(source, key, f"has a damaged .npy header ({str(e)[:120]})") from None
     raise _fail(source, key, f"is in .npy format version {version}, not 1.0 or 2.0")
 
 

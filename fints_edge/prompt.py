@@ -13,15 +13,15 @@ on the pool inputs).
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from fints_edge.errors import FintsEdgeError
+from fints_edge.llama.model import chat_prompt, vocab_text
 from fints_edge.profile import PromptFormat
 
-Message = dict[str, str]  # {"role", "content"}, as fints_edge.model.chat_prompt takes
+Message = dict[str, str]  # {"role", "content"}, as fints_edge.llama.model.chat_prompt takes
 _MARK = "\ue000fints-edge message {}\ue001"  # private-use characters: no template writes them
 _C_SPACE = " \t\n\v\f\r"  # C isspace(), what llama.cpp strips next to an lstrip/rstrip token
 
@@ -29,41 +29,20 @@ _C_SPACE = " \t\n\v\f\r"  # C isspace(), what llama.cpp strips next to an lstrip
 def prompt_tokens(
     llm: Any, messages: Sequence[Message], prompt_format: PromptFormat | None = None
 ) -> list[int]:
-    """``messages`` laid out as :func:`prompt_text` does, as token ids ready to generate after.
+    """``messages`` laid out as ``fints_edge.llama.model.chat_prompt`` does, as token ids ready
+    to generate after.
 
     Example: ``prompt_tokens(llm, [{"role": "user", "content": "Hi"}])``
     """
     texts = [m["content"] for m in messages]
     marked = [{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)]
-    pieces = _split_marks(prompt_text(llm, marked, prompt_format), len(texts))  # around each text
-    real = prompt_text(llm, messages, prompt_format)
+    pieces = _split_marks(chat_prompt(llm, marked, prompt_format), len(texts))  # around each text
+    real = chat_prompt(llm, messages, prompt_format)
     if pieces is not None:
         for shown in (texts, [t.strip() for t in texts]):  # gemma's and command-r's trim them
             if _interleave(pieces, shown) == real:
                 return _layout_tokens(llm, pieces, shown)
     return _rewritten(llm, real, texts)
-
-
-def prompt_text(
-    llm: Any, messages: Sequence[Message], prompt_format: PromptFormat | None = None
-) -> str:
-    """``fints_edge.model.chat_prompt``'s text, with the compiled chat template cached: compiling
-    costs ~2.4 ms, rendering ~0.01 ms, and :func:`prompt_tokens` renders twice."""
-    from fints_edge.model import chat_prompt
-
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template or prompt_format not in (None, "chat"):
-        return chat_prompt(llm, messages, prompt_format)  # the plain layout, or its error
-    eos, bos = _token_text(llm, llm.token_eos()), _token_text(llm, llm.token_bos())
-    msgs: Any = list(messages)  # llama_cpp's TypedDicts; plain role/content dicts
-    return str(_formatter(template, eos, bos)(messages=msgs).prompt)
-
-
-@functools.lru_cache(maxsize=8)
-def _formatter(template: str, eos: str, bos: str) -> Any:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
 
 
 def _layout_tokens(llm: Any, pieces: Sequence[str], texts: Sequence[str]) -> list[int]:
@@ -129,7 +108,7 @@ def _split_controls(llm: Any, vocab: Any, piece: str) -> list[str | int]:
     """The layout's own text as raw text and control token ids. The controls are the ones
     llama.cpp finds in it (tokenized with ``special=True``), matched longest first as it does."""
     ids = llm.tokenize(piece.encode(), add_bos=False, special=True) if piece else []
-    found = {_vocab_text(vocab, t): t for t in ids if _is_control(vocab, t)}
+    found = {vocab_text(vocab, t): t for t in ids if _is_control(vocab, t)}
     if not found:
         return [piece]
     pattern = re.compile("|".join(map(re.escape, sorted(found, key=len, reverse=True))))
@@ -168,17 +147,3 @@ def _tokenize_segments(llm: Any, vocab: Any, segments: Sequence[str | int]) -> l
         strip_left = bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP)
     flush(strip_right=False)
     return tokens
-
-
-def _token_text(llm: Any, token: int) -> str:
-    if token < 0:
-        return ""
-    import llama_cpp
-
-    return _vocab_text(llama_cpp.llama_model_get_vocab(llm.model), token)
-
-
-def _vocab_text(vocab: Any, token: int) -> str:
-    import llama_cpp
-
-    return (llama_cpp.llama_vocab_get_text(vocab, token) or b"").decode("utf-8", "replace")

@@ -1,8 +1,10 @@
 """How big a steering vector is: per-item normalisation and strength relative to the residual.
 
-Why: an absolute multiplier means something different on every model (SmolLM2's attention
-signals are ~13% of its residual norm at 0.67 depth, Qwen2.5-0.5B's ~2%), and in one profile a
-long, unusual answer gives a bigger signal than a short one, so it dominates the mean.
+Why: an absolute multiplier means something different on every model (how large a model's
+signals are next to its residual stream differs from model to model; a profile stores both, its
+signals and ``residual_norms``, and `make eval`'s dev sweep tries absolute and residual strengths
+per model: docs/eval/README.md), and in one profile a long, unusual answer gives a bigger signal
+than a short one, so it dominates the mean.
 
 - ``typical_norms(signals)``: the mean L2 norm of a profile's item signals, per site and layer.
 - ``item_normalised(signals, typical)``: each item's signal rescaled to that typical norm before
@@ -55,11 +57,3 @@ def relative_factor(residual_norms: np.ndarray, typical: np.ndarray) -> np.ndarr
             f"{r.shape[1]} residual norms for {t.shape[1]} layers: the profile is inconsistent"
         )
     return np.where(t > _TINY, r / np.maximum(t, _TINY), 0.0).astype(np.float32)
-
-
-def check_unit(unit: str) -> StrengthUnit:
-    if unit not in STRENGTH_UNITS:
-        raise FintsEdgeError(
-            f"unknown strength unit '{unit}'; choose one of {', '.join(STRENGTH_UNITS)}"
-        )
-    return unit  # type: ignore[return-value]

@@ -38,7 +38,7 @@ def load_bundle_module():
 def llama_wheel_dir() -> Path:
     """Where `make setup` cached this machine's llama-cpp-python wheel (Makefile: WHEELS)."""
     from fints_edge._paths import cache_dir
-    from fints_edge.build_flags import cache_key
+    from fints_edge.llama.build_flags import cache_key
 
     pin = next(
         line.split('"')[1]

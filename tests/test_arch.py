@@ -1,4 +1,4 @@
-"""The per-architecture table (fints_edge.arch), the plain prompt layout for base models, and the
+"""The per-architecture table (fints_edge.llama.arch), the plain prompt layout for base models, and the
 optional-model zoo (fints_edge.zoo). Parity per architecture: tests/export/test_arch_parity.py."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from fints_edge import zoo
-from fints_edge.arch import ARCHS, cvec_note, gguf_arch_of_hf, graph_of
 from fints_edge.errors import FintsEdgeError
+from fints_edge.llama.arch import ARCHS, cvec_note, gguf_arch_of_hf, graph_of
 
 
 # -- the table ------------------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_hf_modules_of_the_table_exist_in_transformers():
 def base_llm(tiny):
     """The tiny model with its chat template hidden, as a base model's GGUF has none."""
     from export.tiny import EXACT_KV
-    from fints_edge.inject import open_steerable
+    from fints_edge.llama.inject import open_steerable
 
     llm, injector = open_steerable(tiny.gguf_path, "exact", n_ctx=128, n_threads=1, **EXACT_KV)
     template = llm.metadata.pop("tokenizer.chat_template")
@@ -89,8 +89,8 @@ def base_llm(tiny):
 
 
 def test_plain_prompt_fallback_without_a_chat_template(base_llm):
-    from fints_edge.extract import DeviceExtractor
-    from fints_edge.model import chat_prompt, has_chat_template
+    from fints_edge.learn.extract import DeviceExtractor
+    from fints_edge.llama.model import chat_prompt, has_chat_template
 
     llm, injector = base_llm
     assert not has_chat_template(llm)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fints_edge import build_flags
+from fints_edge.llama import build_flags
 
 SAPPHIRE_RAPIDS = (
     "flags\t\t: fpu sse4_2 avx f16c fma bmi2 avx2 avx512f avx512dq avx512cd avx512bw avx512vl "
@@ -100,7 +100,7 @@ def test_installed_llama_cpp_has_no_amx_and_matches_this_cpu():
 
     import llama_cpp
 
-    from fints_edge.doctor import build_problems, compiled_features
+    from fints_edge.llama.doctor import build_problems, compiled_features
 
     info = llama_cpp.llama_print_system_info().decode()
     assert "AMX_INT8 = 1" not in info

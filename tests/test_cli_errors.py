@@ -159,7 +159,7 @@ CLIS = {  # the tool as a user types it (tiny model, 1 thread)
     "learn --forget": ["-m", "fints_edge.learn", "--forget", "0"],
     "export.build": ["-m", "export.build", "--model", "{hf}", "--quiet"],
     "export.gguf cvec": ["-m", "export.gguf", "cvec", "--out", "{out}/user.gguf"],
-    "doctor": ["-m", "fints_edge.doctor", "--timeout", "60"],
+    "doctor": ["-m", "fints_edge.llama.doctor", "--timeout", "60"],
     "evals": ["-m", "evals", "--threads", "1", "--out", "{out}/eval"],
 }
 PROFILES = {  # input -> path

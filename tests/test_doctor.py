@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fints_edge.doctor import FAULT_ENV, build_problems, compiled_features
+from fints_edge.llama.doctor import FAULT_ENV, build_problems, compiled_features
 
 INFO_AMX = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 |"
 INFO_OK = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 0 | REPACK = 1 |"
@@ -18,7 +18,7 @@ def doctor(*args, env=None):
 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "fints_edge.doctor", *args],
+        [sys.executable, "-m", "fints_edge.llama.doctor", *args],
         capture_output=True,
         text=True,
         env=full_env,

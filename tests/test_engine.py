@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -13,6 +14,7 @@ import pytest
 from fints_edge.chat import main as chat_main
 from fints_edge.engine import Engine, EngineConfig
 from fints_edge.errors import FintsEdgeError, ProfileError
+from fints_edge.llama.inject import applied
 from fints_edge.profile import Profile
 
 TOPICS = ["bridge", "rain", "library", "football", "election", "vaccine", "concert", "market"]
@@ -70,7 +72,7 @@ def test_plan_equals_numpy_recomputation(engine):
     w /= w.sum()
     np.testing.assert_allclose([r["weight"] for r in plan.retrieved], w, atol=1e-5)
     want = 2.0 * np.einsum("k,ksle->sle", w, p.signals[ids].astype(np.float32))
-    np.testing.assert_allclose(plan.vectors, want, atol=1e-5)
+    np.testing.assert_allclose(plan.steering.vectors, want, atol=1e-5)
     assert plan.gate == 1.0
 
 
@@ -88,13 +90,18 @@ def test_steering_changes_the_answer_and_clears_after(engine):
     assert base.prompt_tokens > 5 and set(base.timings_ms) >= {"first_token", "total_generate"}
 
 
-def test_site_selection_zeroes_the_other_site(engine):
-    engine.configure(sites=("mlp",))
+def test_sites_are_selected_before_aggregation(engine):
+    """Only the sites and layers steered are aggregated and carried: nothing is zeroed after."""
+    text = "a headline about the market"
+    both = engine.plan(text).steering
+    engine.configure(sites=("mlp",), layers=(2,))
     try:
-        v = engine.plan("a headline about the market").vectors
+        one = engine.plan(text).steering
     finally:
-        engine.configure(sites=None)
-    assert not v[0].any() and v[1].any()  # sites are ("attn", "mlp")
+        engine.configure(sites=None, layers=None)
+    assert both.sites == ("attn", "mlp") and both.layers == (1, 2)
+    assert one.sites == ("mlp",) and one.layers == (2,) and one.vectors.shape[:2] == (1, 1)
+    np.testing.assert_allclose(one.vectors[0, 0], both.vectors[1, 1], rtol=1e-6, atol=1e-6)
 
 
 def test_over_long_input_is_refused(engine):
@@ -123,13 +130,18 @@ def test_profile_from_another_encoder_is_refused(
     p = Profile.load(tiny_profile)
     probe = np.roll(p.encoder_probe, 7)
     replace(p, encoder_probe=probe).save(tmp_path / "enc.npz")
-    with pytest.raises(FintsEdgeError, match="enc.npz"):
+    with pytest.raises(FintsEdgeError) as e:
         Engine(
             tiny.gguf_path,
             tmp_path / "enc.npz",
             encoder_dir=onnx_encoder_dir,
             aggregator_path=onnx_aggregator_path,
         )
+    # the probe check itself refused it (same encoder name, same size, other embedding space)
+    msg = str(e.value)
+    want = re.escape(f"{tmp_path / 'enc.npz'}: encoder probe disagrees with {onnx_encoder_dir} ")
+    assert re.match(want + r"\(cosine -?\d\.\d{4} < 0\.99\); rebuild the profile", msg), msg
+    assert "\n" not in msg
 
 
 def _chat(args, capsys):
@@ -194,7 +206,7 @@ def test_chat_notes_a_profile_without_opening_signals(files, tiny_profile, tmp_p
     [
         (["--json"], "--json and --compare go with --prompt"),
         (["--prompt", "x", "--compare", "--no-steer"], "drop --no-steer"),
-        (["--prompt", "x", "-k", "0"], "-k >= 1"),
+        (["--prompt", "x", "-k", "0"], "-k/--top-k must be an integer in [1, 64], got 0"),
         (["--prompt", "x", "--gate", "0.5:0.2"], "FULL > FLOOR"),
     ],
 )
@@ -277,7 +289,7 @@ def test_answers_equal_llama_cpp_greedy_completion(engine, strength):
                 *pieces, got = engine.stream(text, steer=steer, plan=plan)
                 prompt = _prompt(engine, text, plan)
                 engine.reset_context()
-                with engine._steering(plan.vectors if steer else None, None, len(prompt)):
+                with applied(engine.injector, plan.steering if steer else None, prompt):
                     want = engine.llm.create_completion(
                         prompt, max_tokens=24, temperature=0.0, seed=0
                     )
@@ -299,8 +311,10 @@ def _forcing_plan(tiny, engine, text, token):
 
     e = load_file(tiny.hf_dir / "model.safetensors")["model.embed_tokens.weight"][token]  # [n_embd]
     plan = engine.plan(text)
-    plan.vectors = np.zeros_like(plan.vectors)  # [S, L, n_embd]
-    plan.vectors[engine.profile.sites.index("mlp"), -1] = 200.0 * e / np.linalg.norm(e)
+    st = plan.steering
+    vectors = np.zeros_like(st.vectors)  # [S, L, n_embd]
+    vectors[st.sites.index("mlp"), -1] = 200.0 * e / np.linalg.norm(e)
+    plan.steering = replace(st, vectors=vectors)
     return plan
 
 
@@ -361,7 +375,7 @@ def test_a_failure_inside_the_eval_callback_reaches_the_caller(engine, monkeypat
 
 
 def test_a_failure_inside_the_eval_callback_reaches_the_extractor(engine, monkeypatch):
-    from fints_edge.extract import DeviceExtractor
+    from fints_edge.learn.extract import DeviceExtractor
 
     extractor = DeviceExtractor(engine.llm, engine.injector, [1, 2])
     item = ("Write a headline about the bridge.", "bridge news!", "The Bridge Story")
@@ -380,7 +394,7 @@ def test_a_failure_inside_the_eval_callback_reaches_the_extractor(engine, monkey
 
 def test_a_short_half_life_never_underflows_every_weight():
     """0.5 ** (100 days / 1e-6 days) is 0 in any float: the aggregator then had no weights."""
-    from fints_edge.engine import recency_weights
+    from fints_edge.plan import recency_weights
 
     day = 86400.0
     ts = np.array([0.0, 100 * day, 200 * day])
@@ -390,11 +404,15 @@ def test_a_short_half_life_never_underflows_every_weight():
     np.testing.assert_allclose(w, [0.5, 1.0])  # same ratio as 0.25 : 0.5 from the newest
 
 
-@pytest.mark.parametrize("knob", ["strength", "temperature", "sim_full", "opening_scale"])
+@pytest.mark.parametrize(
+    ("knob", "label"),
+    [("strength", "--strength"), ("temperature", "--temperature"), ("sim_full", "sim_full"),
+     ("opening_scale", "--opening-scale")],
+)  # fmt: skip
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_knobs_are_refused_when_set(engine, knob, value):
+def test_non_finite_knobs_are_refused_when_set(engine, knob, label, value):
     before = engine.config
-    with pytest.raises(FintsEdgeError, match=f"{knob} {value}: these must be finite"):
+    with pytest.raises(FintsEdgeError, match=f"^{label} must be a finite number, got {value}$"):
         engine.configure(**{knob: value})
     assert engine.config == before
 
@@ -432,13 +450,13 @@ def test_item_norm_and_residual_unit_follow_their_formulas(engine):
     engine.configure(item_norm=True, strength_unit="residual", strength=0.25)
     try:
         plan = engine.plan(text)
-        static = engine.user_vector()
+        static = engine.static_steering().vectors
     finally:
         engine.configure(item_norm=False, strength_unit="absolute", strength=2.0)
     unit = sig[ids] / np.linalg.norm(sig[ids], axis=-1, keepdims=True) * typ[None, :, :, None]
     mixed = np.einsum("k,ksle->sle", w, unit)
     want = 0.25 * mixed * (p.residual_norms[None, :] / typ)[:, :, None]
-    np.testing.assert_allclose(plan.vectors, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(plan.steering.vectors, want, rtol=1e-4, atol=1e-5)
     # a typical item pushes by a quarter of the residual's norm
     one = sig / np.linalg.norm(sig, axis=-1, keepdims=True) * typ[None, :, :, None]
     want_static = 0.25 * one.mean(0) * (p.residual_norms[None, :] / typ)[:, :, None]
@@ -458,16 +476,18 @@ def test_answer_only_steering_and_fade_change_the_answer_and_leave_nothing_behin
     finally:
         engine.configure(strength=2.0, prompt_strength=1.0, preserve_norm=False)
     assert len({full.text, answer_only.text, kept.text, base.text}) >= 3
-    assert not engine.injector.preserve_norm
+    assert not engine.injector._preserve_norm and not engine.injector.active
     assert engine.reply(text, steer=False).text == base.text
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"strength_unit": "percent"}, "unknown strength unit"),
-        ({"repeat_fade": 1.5}, "repeat fade 1.5 must be in"),
-        ({"prompt_strength": -1.0}, "prompt strength -1.0 >= 0"),
+        ({"strength_unit": "percent"}, "--strength-unit 'percent': choose one of absolute"),
+        ({"repeat_fade": 1.5}, r"--repeat-fade must be a number in \[0, 1\], got 1.5"),
+        ({"prompt_strength": -1.0}, "--prompt-strength must be a number >= 0, got -1.0"),
+        ({"block_repeats": 1}, "block_repeats 1: an n-gram size of 2 or more"),
+        ({"opening_window": 0}, "opening_window must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_shaping_knobs_are_refused(engine, changes, message):
@@ -477,15 +497,15 @@ def test_bad_shaping_knobs_are_refused(engine, changes, message):
 
 def test_mean_centring_subtracts_the_reference_from_every_item(engine):
     text = "Write a headline about the rain tomorrow."
-    base = engine.plan(text).vectors
+    base = engine.plan(text).steering.vectors
     p = engine.profile
     center = np.random.default_rng(0).normal(size=p.signals.shape[1:]).astype(np.float32)
-    engine.center = center
+    engine.planner.center = center
     try:
-        got = engine.plan(text).vectors
-        static = engine.user_vector()
+        got = engine.plan(text).steering.vectors
+        static = engine.static_steering().vectors
     finally:
-        engine.center = None
+        engine.planner.center = None
     # weights sum to 1, so the aggregate moves by exactly strength x center
     np.testing.assert_allclose(got, base - 2.0 * center, rtol=1e-4, atol=1e-4)
     want_static = 2.0 * (p.signals.astype(np.float32).mean(0) - center)

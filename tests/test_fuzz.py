@@ -538,7 +538,7 @@ _WORKER = textwrap.dedent(
     import json, logging, os, sys
     import llama_cpp.llama
     from fints_edge.errors import FintsEdgeError
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever llama.cpp prints goes to the log, not into the results
     # verbose=True keeps stderr open for a GGML_ASSERT's last words (quiet mode points it at
@@ -640,7 +640,7 @@ def _allowed(result: dict[str, Any]) -> bool:
 
 
 def _check_gguf(work, llama_worker, gguf_layout, damage, in_metadata):
-    from fints_edge.model import check_gguf
+    from fints_edge.llama.model import check_gguf
 
     data, data_offset = gguf_layout.data, gguf_layout.metadata_end
     kind, where, value = damage
@@ -665,7 +665,7 @@ test_damaged_model_ggufs, test_damaged_model_ggufs_slow = fuzz(
 
 
 def _check_magic(work, head):
-    from fints_edge.model import check_gguf
+    from fints_edge.llama.model import check_gguf
 
     path = work / "model.gguf"
     path.write_bytes(head)
@@ -681,7 +681,7 @@ test_gguf_magic, test_gguf_magic_slow = fuzz(
 @pytest.mark.xfail(
     strict=True,
     reason="llama.cpp aborts the process (GGML_ASSERT id_to_token.size() == token_to_id.size()) "
-    "on a vocabulary with a repeated token; fints_edge.model.check_gguf does not look at tokens",
+    "on a vocabulary with a repeated token; fints_edge.llama.model.check_gguf does not look at tokens",
 )
 def test_a_duplicate_token_is_refused_before_llama_cpp(work, llama_worker, gguf_layout):
     """One flipped bit ('ĠRet' -> 'ĠSet', a token that exists) was found by the fuzzing above."""

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.generate import Generation, complete, decode_error, token_piece
-from fints_edge.inject import open_steerable, steered
+from fints_edge.generate import Generation, complete, token_piece
+from fints_edge.llama.context import decode_error
+from fints_edge.llama.inject import open_steerable, steered
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ class _Llm:
     [
         ("llama_decode returned 1", r"context \(512 tokens\) is full: lower --max-tokens or --rag"),
         ("llama_decode returned 2", "aborted the computation; the request was dropped, retry"),
-        ("llama_decode returned -1", r"failed to decode \(code -1\).*fints_edge.doctor"),
-        ("llama_decode returned -3", r"failed to decode \(code -3\).*fints_edge.doctor"),
+        ("llama_decode returned -1", r"failed to decode \(code -1\).*fints_edge.llama.doctor"),
+        ("llama_decode returned -3", r"failed to decode \(code -3\).*fints_edge.llama.doctor"),
         ("something else", r"failed to decode \(something else\)"),
     ],
 )
@@ -159,7 +160,7 @@ def _completion(llm, prompt, max_tokens: int, **sampling) -> str:
 
 
 def test_complete_gives_create_completions_text_greedy_and_sampled(exact):
-    from fints_edge.pairs import RETRY_SAMPLING
+    from fints_edge.learn.pairs import RETRY_SAMPLING
 
     llm, injector = exact
     for text in ("Write a headline about the concert.", "What is the capital of France?"):
@@ -174,8 +175,8 @@ def test_complete_gives_create_completions_text_greedy_and_sampled(exact):
 
 def test_the_models_own_answer_is_create_completions(exact):
     """The negative DeviceExtractor generates: greedy first, then sampled with seed + attempt."""
-    from fints_edge.extract import DeviceExtractor
-    from fints_edge.pairs import RETRY_SAMPLING
+    from fints_edge.learn.extract import DeviceExtractor
+    from fints_edge.learn.pairs import RETRY_SAMPLING
 
     llm, injector = exact
     ex = DeviceExtractor(llm, injector, [1])
@@ -209,7 +210,7 @@ def test_the_embedded_models_answers_equal_create_completions():
     rendered string; plain-text prompt tokens + complete give the same answers."""
     from evals.personas import load_pool
     from fints_edge._paths import default_gguf
-    from fints_edge.model import chat_prompt, open_llama
+    from fints_edge.llama.model import chat_prompt, open_llama
 
     llm = open_llama(default_gguf(), n_ctx=1024, n_threads=1)
     try:

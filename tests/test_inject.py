@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from export.tiny import EXACT_KV
-from fints_edge.inject import CallbackInjector, CvecInjector, open_steerable, steered, tensor_name
+from fints_edge.llama.inject import (
+    CallbackInjector,
+    CvecInjector,
+    applied,
+    open_steerable,
+    steered,
+)
+from fints_edge.plan import Steering
 from tests._parity import llama_run, random_vectors, torch_logits
 
 TOL = 1e-3
@@ -116,7 +123,10 @@ def test_cvec_buffer_rows_follow_llama_numbering(tiny, engines):
 def test_callback_targets_the_documented_tensors(tiny, engines):
     _, injector = engines["exact"]
     assert isinstance(injector, CallbackInjector)
-    assert tensor_name("attn", 5) == "ffn_inp-5" and tensor_name("mlp", 5) == "l_out-5"
+    graph = injector.graph
+    assert (
+        graph.inject_tensor("attn", 5) == "ffn_inp-5" and graph.inject_tensor("mlp", 5) == "l_out-5"
+    )
     llm, _ = engines["exact"]
     injector.calls = 0
     with steered(injector, random_vectors(tiny, ("attn", "mlp"), (1,)), ("attn", "mlp"), (1,)):
@@ -146,8 +156,8 @@ def test_opening_injection_parity_with_torch_reference(tiny, hf, engines):
     window = (len(prompt) - 1, 3)
     with steered(injector, v, sites, layers):
         _, plain = llama_run(llm, prompt)
-        injector.set_opening(first, sites, layers, *window)
-        injector.rewind()
+    injector.rewind()
+    with applied(injector, Steering(v, sites, layers, opening=first, opening_window=3), prompt):
         tokens, got = llama_run(llm, prompt)
     assert not injector.active
     want = logits(
@@ -170,10 +180,13 @@ def test_opening_window_is_validated(engines):
     from fints_edge.errors import FintsEdgeError
 
     _, injector = engines["exact"]
-    v = np.zeros((1, 1, injector.n_embd), np.float32)  # a valid shape: only the window is wrong
-    for start, count in [(-1, 3), (2, 0)]:
-        with pytest.raises(FintsEdgeError, match=rf"opening window start {start}, count {count}"):
-            injector.set_opening(v, ("mlp",), (1,), start, count)
+    v = np.ones((1, 1, injector.n_embd), np.float32)  # a valid shape: only the window is wrong
+    steering = Steering(v, ("mlp",), (1,), opening=v, opening_window=0)
+    with pytest.raises(FintsEdgeError, match=r"opening window start 2, count 0"):
+        injector.apply(steering, [1, 2, 3])
+    assert not injector.active  # a refused steering leaves nothing behind
+    with pytest.raises(FintsEdgeError, match=r"answer start -1"):
+        injector.apply(Steering(v, ("mlp",), (1,)), [])
     assert not injector.active
 
 
@@ -188,9 +201,8 @@ def test_prompt_scale_parity_with_torch_reference(tiny, hf, engines, prompt_scal
     v = random_vectors(tiny, sites, layers, scale=2.0, seed=3)
     prompt = _prompt(llm)
     start = len(prompt) - 1
-    with steered(injector, v, sites, layers):
-        injector.set_prompt_scale(start, prompt_scale)
-        injector.rewind()
+    injector.rewind()
+    with applied(injector, Steering(v, sites, layers, prompt_scale=prompt_scale), prompt):
         tokens, got = llama_run(llm, prompt)
     mapping = vectors_from_array(v, sites, layers)
     want = logits(hf, tokens, mapping, prompt_strength=prompt_scale, answer_start=start)
@@ -213,12 +225,8 @@ def test_norm_preserving_parity_with_torch_reference(tiny, hf, engines, sites, l
     llm, injector = engines["exact"]
     v = random_vectors(tiny, sites, layers, scale=3.0, seed=4)
     prompt = _prompt(llm)
-    injector.preserve_norm = True
-    try:
-        with steered(injector, v, sites, layers):
-            tokens, got = llama_run(llm, prompt)
-    finally:
-        injector.preserve_norm = False
+    with applied(injector, Steering(v, sites, layers, preserve_norm=True), prompt):
+        tokens, got = llama_run(llm, prompt)
     mapping = vectors_from_array(v, sites, layers)
     want = logits(hf, tokens, mapping, preserve_norm=True)
     plain = logits(hf, tokens, mapping)
@@ -251,17 +259,13 @@ def test_cvec_prompt_scale_by_prefill_matches_torch_reference(tiny, hf, engines)
     """Control-vector mode has no positions: the prompt but its last token is prefilled with the
     vector x scale, then the last prompt token and the answer run at full strength on that KV."""
     from export.reference import logits, vectors_from_array
-    from fints_edge.generate import prefill
 
     llm, injector = engines["cvec"]
     sites, layers = ("mlp",), (1, 2)  # the control vector is exact for the MLP site
     v = random_vectors(tiny, sites, layers, scale=2.0, seed=6)
     prompt = _prompt(llm)
-    with steered(injector, v, sites, layers):
-        injector.set_scale(0.25)
-        prefill(llm, prompt[:-1])
-        injector.set_scale(1.0)
-        llm.eval([prompt[-1]])
+    with applied(injector, Steering(v, sites, layers, prompt_scale=0.25), prompt):
+        llm.eval([prompt[-1]])  # apply prefilled the rest at x0.25
         tokens = list(prompt)
         for _ in range(10):
             tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))

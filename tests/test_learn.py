@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fints_edge.engine import Engine, EngineConfig, recency_weights
+from fints_edge.engine import Engine, EngineConfig
 from fints_edge.errors import FintsEdgeError
 from fints_edge.learn import main as learn_main
+from fints_edge.plan import recency_weights
 from fints_edge.profile import Profile
 
 PAIRS = [
@@ -50,7 +51,7 @@ def hf_tiny(tiny):
 @pytest.fixture(scope="module")
 def exact_llm(tiny):
     from export.tiny import EXACT_KV
-    from fints_edge.inject import open_steerable
+    from fints_edge.llama.inject import open_steerable
 
     llm, injector = open_steerable(tiny.gguf_path, "exact", n_ctx=256, n_threads=1, **EXACT_KV)
     yield llm, injector
@@ -62,7 +63,7 @@ def exact_llm(tiny):
 def test_device_signals_match_torch_extraction(hf_tiny, exact_llm, reading, prompt_format):
     """Layers 1 and 3 (the LAST layer, where llama.cpp prunes rows unless asked) and both sites."""
     from export.extract import extract_signals, prompt_ids
-    from fints_edge.extract import DeviceExtractor
+    from fints_edge.learn.extract import DeviceExtractor
 
     model, tok = hf_tiny
     ref = extract_signals(
@@ -90,7 +91,7 @@ def test_device_signals_match_torch_extraction(hf_tiny, exact_llm, reading, prom
 
 def test_extraction_leaves_the_context_clean(exact_llm):
     """A generation after extraction equals one before it: no KV or steering left behind."""
-    from fints_edge.extract import DeviceExtractor
+    from fints_edge.learn.extract import DeviceExtractor
 
     llm, injector = exact_llm
     ex = DeviceExtractor(llm, injector, [2])
@@ -101,7 +102,7 @@ def test_extraction_leaves_the_context_clean(exact_llm):
 
 
 def test_extractor_refuses_bad_layers_and_steering(exact_llm):
-    from fints_edge.extract import DeviceExtractor
+    from fints_edge.learn.extract import DeviceExtractor
 
     llm, injector = exact_llm
     with pytest.raises(FintsEdgeError, match=r"0\.\.3"):
@@ -113,6 +114,21 @@ def test_extractor_refuses_bad_layers_and_steering(exact_llm):
             ex.signal(*PAIRS[0])
     finally:
         injector.clear()
+
+
+def test_an_answer_without_tokens_is_named_by_its_input_and_role(exact_llm):
+    from fints_edge.learn.extract import DeviceExtractor
+
+    ex = DeviceExtractor(*exact_llm, [1])
+    text = "Write a headline about the river festival."
+    for chosen, rejected, which in [
+        ("", "The Story", "output"),
+        ("the story", "", "rejected text"),
+    ]:
+        with pytest.raises(FintsEdgeError) as e:
+            ex.signal(text, chosen, rejected)
+        assert str(e.value).startswith(f"the {which} for input {text[:40]!r} is empty"), e.value
+        assert "drop the item" in str(e.value)
 
 
 # -- the CLI ---------------------------------------------------------------------------------------
@@ -317,9 +333,9 @@ def test_a_case_style_item_added_without_rejected_is_kept(
     """The model's own answer is the contrast; ROUGE-L (case-blind) once dropped every item of a
     case-style user. The tiny model answers in lowercase, so this user writes in uppercase (the
     lowercase direction is tested in tests/test_pairs.py)."""
-    from fints_edge.extract import DEFAULT_ANSWER_TOKENS
-    from fints_edge.inject import open_steerable
     from fints_edge.learn import extractor_for
+    from fints_edge.learn.extract import DEFAULT_ANSWER_TOKENS
+    from fints_edge.llama.inject import open_steerable
 
     profile = tmp_path / "me.npz"
     profile.write_bytes(device_profile.read_bytes())
@@ -396,9 +412,9 @@ def test_device_signals_track_torch_on_the_default_model():
     the full figures: ~0.997 attention, ~0.999 MLP median cosine)."""
     from export.demo import HISTORY, ensure_profile
     from fints_edge._paths import default_gguf
-    from fints_edge.extract import DeviceExtractor
     from fints_edge.history import read_history
-    from fints_edge.inject import open_steerable
+    from fints_edge.learn.extract import DeviceExtractor
+    from fints_edge.llama.inject import open_steerable
 
     ref = Profile.load(ensure_profile())
     items = read_history(HISTORY)[:6]
@@ -423,7 +439,7 @@ def test_engine_steers_openings_from_the_profile(engine_on_copy):
         text = "Write a headline about the harbour."
         engine.configure(opening_scale=0.0)
         plain = engine.plan(text)
-        assert plain.opening is None
+        assert plain.steering.opening is None
         engine.configure(strength=2.0, opening_scale=1.5, opening_window=2,
                          strength_unit="absolute", item_norm=False)  # fmt: skip
         plan = engine.plan(text)
@@ -431,14 +447,14 @@ def test_engine_steers_openings_from_the_profile(engine_on_copy):
         w = np.array([r["weight"] for r in plan.retrieved])
         first = engine.profile.opening[ids].astype(np.float32)
         want = 3.0 * np.einsum("k,ksle->sle", w, first)
-        np.testing.assert_allclose(plan.opening, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(plan.steering.opening, want, rtol=1e-4, atol=1e-4)
         engine.configure(strength_unit="residual", item_norm=True)  # the defaults
         typical = typical_norms(engine.profile.opening)
         factor = relative_factor(engine.profile.residual_norms, typical)[:, :, None]
         want = 3.0 * factor * np.einsum("k,ksle->sle", w, item_normalised(first, typical))
-        got = engine.plan(text).opening
+        got = engine.plan(text).steering.opening
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-        assert np.abs(got - plan.opening).max() > 0.1  # the units do change the vectors
+        assert np.abs(got - plan.steering.opening).max() > 0.1  # the units do change the vectors
         plan = engine.plan(text)
         calls = engine.injector.calls
         engine.reply(text, plan=plan)
@@ -446,8 +462,8 @@ def test_engine_steers_openings_from_the_profile(engine_on_copy):
         assert engine.injector.calls > calls and not engine.injector.active
     with engine_on_copy("cvec") as engine:  # no positions: cvec steers without openings
         engine.configure(opening_scale=1.0)
-        assert engine.plan("Write a headline about the harbour.").opening is None
-        assert engine.user_opening() is None
+        assert engine.plan("Write a headline about the harbour.").steering.opening is None
+        assert engine.static_steering().opening is None
 
 
 def test_static_baseline_opening_is_the_mean_of_all_opening_signals(engine_on_copy):
@@ -461,6 +477,6 @@ def test_static_baseline_opening_is_the_mean_of_all_opening_signals(engine_on_co
         typical = typical_norms(p.opening)
         factor = relative_factor(p.residual_norms, typical)[:, :, None]
         want = 3.0 * factor * item_normalised(p.opening, typical).mean(axis=0)
-        np.testing.assert_allclose(engine.user_opening(), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(engine.static_steering().opening, want, rtol=1e-4, atol=1e-5)
         engine.configure(opening_scale=0.0)
-        assert engine.user_opening() is None
+        assert engine.static_steering().opening is None

@@ -1,4 +1,4 @@
-"""fints_edge.model: opening GGUFs safely and the torch-free model identity."""
+"""fints_edge.llama.model: opening GGUFs safely and the torch-free model identity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.model import chat_prompt, default_threads, identity_from_llama, open_llama
+from fints_edge.llama.model import chat_prompt, default_threads, identity_from_llama, open_llama
 from fints_edge.profile import tokenizer_fingerprint
 
 
@@ -68,7 +68,7 @@ def test_runtime_needs_no_torch(tiny):
         "import sys\n"
         "sys.modules['torch'] = None\n"
         "sys.modules['transformers'] = None\n"
-        "from fints_edge.model import open_llama, identity_from_llama\n"
+        "from fints_edge.llama.model import open_llama, identity_from_llama\n"
         f"llm = open_llama({str(tiny.gguf_path)!r}, n_ctx=64, n_threads=1, vocab_only=True)\n"
         "print(identity_from_llama(llm).tokenizer_sha256)\n"
     )

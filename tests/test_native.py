@@ -1,4 +1,4 @@
-"""The C eval filter (fints_edge.native): built from its source, same logits as the Python filter,
+"""The C eval filter (fints_edge.llama.native): built from its source, same logits as the Python filter,
 and llama.cpp's per-node questions no longer reach Python."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from export.tiny import EXACT_KV
-from fints_edge import native
-from fints_edge.inject import open_steerable, steered
+from fints_edge.llama import native
+from fints_edge.llama.inject import applied, open_steerable, steered
+from fints_edge.plan import Steering
 from tests._parity import llama_run, random_vectors
 
 pytestmark = pytest.mark.skipif(
@@ -108,15 +109,10 @@ def test_too_many_names_fall_back_to_asking_python():
 
 
 def _run(injector, llm, v, sites, layers, prompt, prompt_scale=None, keep_norm=False):
-    with steered(injector, v, sites, layers):
-        if prompt_scale is not None:
-            injector.set_prompt_scale(len(prompt) - 1, prompt_scale)
-        injector.preserve_norm = keep_norm
-        injector.rewind()
-        try:
-            return llama_run(llm, prompt)
-        finally:
-            injector.preserve_norm = False
+    steering = Steering(v, sites, layers, prompt_scale=prompt_scale or 1.0, preserve_norm=keep_norm)
+    injector.rewind()
+    with applied(injector, steering, prompt):
+        return llama_run(llm, prompt)
 
 
 @pytest.mark.parametrize(
@@ -190,8 +186,8 @@ def test_the_opening_window_stops_costing_once_it_is_behind(tiny, pair):
     injector._on_tensor_unsafe = lambda t, ask: calls.append(ask) or real(t, ask)
     per_token = []
     try:
-        with steered(injector, v, sites, layers):
-            injector.set_opening(v, sites, layers, len(prompt) - 1, 2)  # last prompt pos + 1
+        # the opening at the last prompt position and the next
+        with applied(injector, Steering(v, sites, layers, opening=v, opening_window=2), prompt):
             llm.reset()
             injector.rewind()
             llm.eval(prompt)

@@ -1,8 +1,8 @@
 import pytest
 
-from fints_edge.errors import FintsEdgeError, HistoryError
+from fints_edge.errors import HistoryError, NoUsableItems
 from fints_edge.history import HistoryItem
-from fints_edge.pairs import FormAwareRougeL, RougeL, build_pairs, others_negative
+from fints_edge.learn.pairs import FormAwareRougeL, RougeL, build_pairs, others_negative
 
 
 def test_rouge_l_matches_hand_computation():
@@ -73,7 +73,7 @@ def test_missing_negative_without_a_source_is_refused():
 
 
 def test_no_usable_pair_is_refused():
-    with pytest.raises(FintsEdgeError, match="no usable contrast pair"):
+    with pytest.raises(NoUsableItems, match="none of the 1 history item.s. was usable"):
         build_pairs([HistoryItem("q", "a b c")], lambda _t, _a: "a b c", progress=False)
 
 

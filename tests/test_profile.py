@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fints_edge import profile as profile_module
 from fints_edge.errors import ProfileError
-from fints_edge.profile import FORMAT_VERSION, Profile
+from fints_edge.profile import FORMAT_VERSION, Profile, read_header
 from tests._factories import identity, profile
 
 
@@ -173,12 +174,12 @@ def test_killed_writer_keeps_old_profile(tmp_path):
     assert Profile.load(path).n_items == 3
 
 
-def test_user_vector_is_the_mean_over_items_by_hand():
+def test_raw_mean_signal_is_the_mean_over_items_by_hand():
     sig = np.zeros((3, 2, 2, 8), np.float16)  # [N=3, S=2, L=2, E=8]
     sig[:, 0, 0, 0] = [1.0, 2.0, 6.0]  # mean 3
     sig[:, 1, 1, 7] = [-1.0, 0.5, 0.0]  # mean -1/6
     sig[0, 0, 1, 3] = 9.0  # one item only: 9 / 3
-    u = replace(profile(n=3), signals=sig).user_vector()
+    u = replace(profile(n=3), signals=sig).raw_mean_signal()
     assert u.shape == (2, 2, 8) and u.dtype == np.float32
     assert u[0, 0, 0] == 3.0 and u[0, 1, 3] == 3.0
     assert u[1, 1, 7] == pytest.approx(-1 / 6)
@@ -286,17 +287,21 @@ def _no_decompression(monkeypatch):
     monkeypatch.setattr(zipfile.ZipFile, "open", refuse)
 
 
-def test_declared_sizes_over_the_limit_are_refused_before_any_member_is_read(tmp_path, monkeypatch):
+@pytest.mark.parametrize("read", [Profile.load, read_header])
+def test_declared_sizes_over_the_limit_are_refused_before_any_member_is_read(
+    tmp_path, monkeypatch, read
+):
     data = _zip(tmp_path / "bomb.npz", _members()).read_bytes()
     for name in ("signals.npy", "keys.npy"):  # 2 x 3 GiB > MAX_PROFILE_BYTES
         data = _declare_size(data, name, 3 << 30)
     (tmp_path / "bomb.npz").write_bytes(data)
     _no_decompression(monkeypatch)
     with pytest.raises(ProfileError, match=r"limited to 4,294,967,296 bytes \(MAX_PROFILE_BYTES\)"):
-        Profile.load(tmp_path / "bomb.npz")
+        read(tmp_path / "bomb.npz")
 
 
-def test_a_zip_bomb_under_the_limit_is_refused_by_its_inflation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("read", [Profile.load, read_header])
+def test_a_zip_bomb_under_the_limit_is_refused_by_its_inflation(tmp_path, monkeypatch, read):
     members = _members()
     zeros = np.zeros(40 << 20, np.uint8)  # 40 MB of zeros deflate to ~40 KB
     members["inputs_utf8.npy"] = _npy(zeros)
@@ -304,7 +309,7 @@ def test_a_zip_bomb_under_the_limit_is_refused_by_its_inflation(tmp_path, monkey
     assert path.stat().st_size < 1 << 20
     _no_decompression(monkeypatch)
     with pytest.raises(ProfileError, match=r"'inputs_utf8.npy' would inflate .* zip bomb"):
-        Profile.load(path)
+        read(path)
 
 
 def test_a_huge_shape_in_a_header_is_refused_before_allocating(tmp_path):
@@ -388,3 +393,72 @@ def test_fortran_order_compressed_and_v1_files_still_load(tmp_path):
 def test_a_folder_is_not_a_profile(tmp_path):
     with pytest.raises(ProfileError, match="is a folder; pass the profile file"):
         Profile.load(tmp_path)
+
+
+# -- why a file cannot be read: permissions, damage, or (never relabelled) a bug --------------------
+def test_an_unreadable_file_says_permission_denied_not_rebuild(tmp_path, monkeypatch):
+    """As root chmod would not stop the read, so the refusal of the OS is simulated."""
+    path = profile().save(tmp_path / "me.npz")
+    real_open = io.open
+
+    def refuse(file, *a, **k):
+        if os.fspath(file) == str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(io, "open", refuse)  # what Path.open and zipfile both call
+    for read in (Profile.load, read_header):
+        with pytest.raises(ProfileError) as e:
+            read(path)
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: cannot be read (permission denied)"), msg
+        assert "chmod u+r" in msg and "rebuild" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("bug", [KeyError, ValueError, RuntimeError, TypeError])
+def test_a_reader_bug_is_not_relabelled_as_a_damaged_file(tmp_path, monkeypatch, bug):
+    path = profile().save(tmp_path / "me.npz")
+
+    def broken(*_a, **_k):
+        raise bug("a bug in the reader")
+
+    monkeypatch.setattr(profile_module, "_small_rule", broken)
+    for read in (Profile.load, read_header):
+        with pytest.raises(bug, match="a bug in the reader") as e:
+            read(path)
+        assert not isinstance(e.value, ProfileError)
+
+
+def test_a_damaged_npy_header_is_named(tmp_path):
+    members = _members()
+    members["keys.npy"] = b"\x93NUMPY\x01\x00\x10\x00{'descr': <f2'}   \n" + b"\0" * 16
+    with pytest.raises(ProfileError, match=r"bad\.npz: field 'keys' has a damaged \.npy header"):
+        Profile.load(_zip(tmp_path / "bad.npz", members))
+
+
+def test_an_encrypted_member_is_a_damaged_file(tmp_path):
+    path = profile().save(tmp_path / "me.npz")
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")  # the first central directory record
+    data[central + 8] |= 0x1  # its general-purpose flags: "encrypted"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ProfileError, match=r"me\.npz: member '.*' is encrypted .*export\.build"):
+        Profile.load(path)
+
+
+def test_read_header_gives_the_facts_of_load_without_reading_the_signals(tmp_path):
+    p = profile(n=5)
+    arrays = p.to_arrays()
+    arrays["signals"] = np.full_like(arrays["signals"], np.nan)  # refused by a full load only
+    np.savez(tmp_path / "me.npz", **arrays)
+    with pytest.raises(ProfileError, match="'signals' contains NaN"):
+        Profile.load(tmp_path / "me.npz")
+    h = read_header(tmp_path / "me.npz")
+    assert (h.n_items, h.layers, h.sites, h.created) == (
+        5,
+        tuple(p.layers.tolist()),
+        p.sites,
+        p.created,
+    )
+    assert h.model == p.model and h.format_version == FORMAT_VERSION
+    assert h.has_opening == (p.opening is not None)

@@ -7,7 +7,7 @@ import pytest
 
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import RepeatFade
-from fints_edge.scaling import check_unit, item_normalised, relative_factor, typical_norms
+from fints_edge.scaling import item_normalised, relative_factor, typical_norms
 
 
 def _signals(seed=0, n=5):
@@ -51,9 +51,12 @@ def test_relative_factor_makes_strength_a_fraction_of_the_residual_norm():
 
 
 def test_unknown_unit_is_one_clear_error():
-    assert check_unit("residual") == "residual"
-    with pytest.raises(FintsEdgeError, match="choose one of absolute, residual"):
-        check_unit("percent")
+    """The strength unit is checked where every knob is (its declared choices in config)."""
+    from fints_edge.config import EngineConfig, check_config
+
+    check_config(EngineConfig(strength_unit="residual"))
+    with pytest.raises(FintsEdgeError, match="'percent': choose one of absolute, residual"):
+        check_config(EngineConfig(strength_unit="percent"))  # type: ignore[arg-type]
 
 
 class _Scale:

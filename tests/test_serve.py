@@ -27,10 +27,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from fints_edge._serve_auth import check_name, is_loopback, load_or_create_token
+from fints_edge.config import REQUEST_KNOBS
+from fints_edge.config import knobs as knob_table
 from fints_edge.engine import EngineConfig
 from fints_edge.errors import FintsEdgeError
+from fints_edge.profile import Profile
 from fints_edge.serve import Settings, create_app
+from fints_edge.serve.auth import check_name, is_loopback, load_or_create_token
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,13 +91,12 @@ def make_settings(tiny, user_profiles, onnx_encoder_dir, onnx_aggregator_path, t
             encoder_dir=onnx_encoder_dir,
             aggregator_path=onnx_aggregator_path,
             token=TOKEN,
-            max_tokens=8,
+            engine=EngineConfig(max_tokens=8, n_ctx=512, threads=1),
             max_tokens_limit=64,
-            n_ctx=512,
-            threads=1,
             default_user="alice",
         )
-        return replace(base, **changes)
+        knob_changes = {k: changes.pop(k) for k in list(changes) if k in knob_table()}
+        return replace(base, engine=replace(base.engine, **knob_changes), **changes)
 
     return make
 
@@ -335,11 +337,10 @@ REQUESTS = [  # (user, text, knobs): different users, inputs and knobs, interlea
 def alone(settings: Settings, user: str) -> dict[tuple[str, str], str]:
     """Each of ``user``'s requests answered by an Engine of its own that never saw another user
     (no server code involved: the baseline cannot share a server bug)."""
-    from fints_edge.engine import Engine, EngineConfig
+    from fints_edge.engine import Engine
 
     s = settings
-    config = EngineConfig(k=s.k, strength=s.strength, rag=s.rag, max_tokens=s.max_tokens,
-                          n_ctx=s.n_ctx, threads=s.threads)  # fmt: skip
+    config = s.engine
     out = {}
     with Engine(
         s.model, s.profiles_dir / f"{user}.npz", config,
@@ -347,7 +348,7 @@ def alone(settings: Settings, user: str) -> dict[tuple[str, str], str]:
     ) as engine:  # fmt: skip
         for u, text, knobs in REQUESTS:
             if u == user:
-                d = {"k": s.k, "strength": s.strength, "rag": s.rag} | knobs
+                d = {n: getattr(s.engine, n) for n in REQUEST_KNOBS} | knobs
                 steer = d.pop("steer", True)
                 engine.configure(**d)
                 out[(text, json.dumps(knobs))] = engine.reply(text, steer=steer).text
@@ -440,8 +441,15 @@ def test_upload_builds_a_profile_as_a_job_with_progress(client):
         time.sleep(0.1)
         job = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
     assert job["state"] == "done", job
-    assert job["progress"] == 1.0 and job["result"]["items"] + job["result"]["dropped"] == 5
+    # every row has a contrast (the zoo row's is the model's own answer): none may be lost, and
+    # the file holds exactly the uploaded items, in order
+    assert job["progress"] == 1.0 and (job["result"]["items"], job["result"]["dropped"]) == (5, 0)
     assert job["result"]["layers"] == [1, 2]
+    built = Profile.load(client.app.state.api.store.folder / "carol.npz")
+    assert built.inputs.tolist() == [r["input"] for r in rows]
+    assert built.outputs.tolist() == [r["output"] for r in rows]
+    listed = {p["name"]: p for p in client.get("/v1/profiles", headers=AUTH).json()["data"]}
+    assert listed["carol"]["items"] == 5 and listed["carol"]["layers"] == [1, 2]
     again = client.post(
         "/v1/profiles", data={"name": "carol"}, files={"history": ("h.jsonl", data)}, headers=AUTH
     )
@@ -454,6 +462,69 @@ def test_upload_builds_a_profile_as_a_job_with_progress(client):
     assert (
         client.post("/v1/chat/completions", json=ask("x", "carol"), headers=AUTH).status_code == 404
     )
+
+
+def upload(client, name: str, rows: list[dict], **form) -> dict:
+    """POST /v1/profiles and poll the job until it ends; returns the finished job."""
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    r = client.post(
+        "/v1/profiles", data={"name": name, **form},
+        files={"history": ("mine.jsonl", data, "application/jsonl")}, headers=AUTH,
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    job = r.json()["job"]
+    deadline = time.monotonic() + 120
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
+    return job
+
+
+def test_a_server_built_profile_stores_what_the_learn_cli_stores(
+    client, tiny, onnx_encoder_dir, tmp_path
+):
+    """One recipe (fints_edge.learn.recipe): with no layers given, both build the default layer
+    and the default sites, reading and layout, with opening signals."""
+    from fints_edge.learn import Recipe
+    from fints_edge.learn import main as learn_main
+
+    rows = history_rows("alice")[:3]
+    job = upload(client, "dora", rows)
+    assert job["state"] == "done", job
+    served = Profile.load(client.app.state.api.store.folder / "dora.npz")
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc = learn_main(
+        ["--model", str(tiny.gguf_path), "--history", str(tmp_path / "h.jsonl"),
+         "--out", str(tmp_path / "cli.npz"), "--encoder", str(onnx_encoder_dir),
+         "--n-ctx", "512", "--threads", "1", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    cli = Profile.load(tmp_path / "cli.npz")
+    recipe = ("sites", "attn_reading", "prompt_format", "opening_tokens")
+    assert {k: getattr(served, k) for k in recipe} == {k: getattr(cli, k) for k in recipe}
+    assert served.layers.tolist() == cli.layers.tolist() == Recipe().layers_for(4)
+    assert served.sites == Recipe().sites and job["result"]["sites"] == list(served.sites)
+    assert served.signals.shape == cli.signals.shape and served.opening is not None
+    assert served.inputs.tolist() == cli.inputs.tolist()
+
+
+def test_a_history_without_any_contrast_fails_its_job_with_the_reason(client):
+    rows = [{"input": "Write a headline.", "output": "same text", "rejected": "same text"}]
+    job = upload(client, "erin", rows)
+    assert job["state"] == "failed"
+    assert job["error"].startswith("none of the 1 history item(s) was usable"), job
+    assert not (client.app.state.api.store.folder / "erin.npz").exists()
+
+
+def test_another_error_while_learning_is_not_called_an_unusable_history(client, monkeypatch):
+    from fints_edge.learn import Learner
+
+    def broken(*_a, **_k):
+        raise ValueError("a bug while learning")
+
+    monkeypatch.setattr(Learner, "new_profile", broken)
+    job = upload(client, "fay", history_rows("bob")[:2])
+    assert (job["state"], job["error"]) == ("failed", "internal error (ValueError)"), job
 
 
 GOOD_ROW = json.dumps({"input": "a", "output": "b"}) + "\n"
@@ -521,7 +592,8 @@ def test_a_corrupt_profile_on_disk_is_a_clear_error(client):
         and "profiles/bob.npz: not a readable profile" in r.json()["error"]["message"]
     )
     listed = {p["name"]: p for p in client.get("/v1/profiles", headers=AUTH).json()["data"]}
-    assert "error" in listed["bob"] and listed["alice"]["items"] == 8
+    assert listed["bob"]["error"].startswith("profiles/bob.npz: not a readable profile (")
+    assert str(folder) not in listed["bob"]["error"] and listed["alice"]["items"] == 8
     assert content(client.post("/v1/chat/completions", json=ask("hi", "alice"), headers=AUTH))
 
 
@@ -715,6 +787,79 @@ def test_a_client_that_disconnects_while_waiting_leaves_the_queue(make_settings)
                 time.sleep(0.01)
             assert worker.status()["waiting"] == 0 and worker.status()["running"] == 1
             assert worker.status()["cancelled"] == 1
+
+
+class _FakeEngine:
+    def __init__(self) -> None:
+        self.closed = 0
+        self.in_use = False
+
+    def close(self) -> None:
+        assert not self.in_use, "the engine was freed while a job still used it"
+        self.closed += 1
+
+
+def _worker_running(engine: _FakeEngine, job_fn):
+    """A Worker over ``engine`` whose thread runs ``job_fn`` (submitted from an event loop)."""
+    import asyncio
+
+    from fints_edge.serve.worker import Worker
+
+    async def run() -> Worker:
+        worker = Worker(lambda _: engine, max_waiting=2)
+        worker.submit(job_fn)
+        return worker
+
+    return asyncio.run(run())
+
+
+def test_close_never_frees_the_engine_under_a_job_that_still_runs(tmp_path, caplog):
+    """A job that ignores its cancellation outlives close(): the engine stays loaded until that
+    job ends, and its thread frees it then (once)."""
+    engine = _FakeEngine()
+    (tmp_path / "me.npz").write_bytes(b"x")
+    started, release = threading.Event(), threading.Event()
+
+    def stubborn(worker, _job):  # e.g. stuck in one long llama.cpp call: never checks
+        e = worker.engine_for(tmp_path / "me.npz")
+        e.in_use = True
+        started.set()
+        release.wait(10)
+        e.in_use = False
+        return "done"
+
+    worker = _worker_running(engine, stubborn)
+    assert started.wait(10)
+    with caplog.at_level("WARNING", logger="fints_edge.serve"):
+        worker.close(timeout=0.2)
+        assert engine.closed == 0 and worker.status()["engine_loaded"]
+        assert "the engine stays loaded" in caplog.text
+        release.set()
+        worker._thread.join(10)
+    assert not worker._thread.is_alive()
+    assert engine.closed == 1 and not worker.status()["engine_loaded"]
+    assert "the engine is freed" in caplog.text
+    worker.close(timeout=0.2)  # idempotent
+    assert engine.closed == 1
+
+
+def test_close_frees_the_engine_once_the_job_stops(tmp_path):
+    engine = _FakeEngine()
+    (tmp_path / "me.npz").write_bytes(b"x")
+    started = threading.Event()
+
+    def polite(worker, job):  # checks between steps, as generation does per token
+        worker.engine_for(tmp_path / "me.npz")
+        started.set()
+        while True:
+            job.check()
+            time.sleep(0.01)
+
+    worker = _worker_running(engine, polite)
+    assert started.wait(10)
+    worker.close(timeout=10)
+    assert engine.closed == 1 and not worker._thread.is_alive()
+    assert worker.counts["cancelled"] == 1
 
 
 def test_the_cli_serves_and_prints_the_token_once(

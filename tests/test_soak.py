@@ -175,6 +175,15 @@ def soak(engine: Engine, n_requests: int, seconds: float, seed: int) -> SoakStat
     forgetting drawn at random in between."""
     rng = np.random.default_rng(seed)
     stats = SoakStats()
+    # What was really injected, seen at the injector (not what the Reply says about itself)
+    injected: list[bool] = []
+    real_apply = engine.injector.apply
+
+    def recording_apply(steering, prompt):
+        injected.append(bool(steering.active))
+        return real_apply(steering, prompt)
+
+    engine.injector.apply = recording_apply  # type: ignore[method-assign]
     t0 = time.monotonic()
     while stats.requests < n_requests and time.monotonic() - t0 < seconds:
         step = ""
@@ -204,6 +213,7 @@ def soak(engine: Engine, n_requests: int, seconds: float, seed: int) -> SoakStat
             step = "request"
             text, steer = draw_input(rng), bool(rng.random() < 0.8)
             max_tokens = engine.config.max_tokens
+            n_injected, calls = len(injected), getattr(engine.injector, "calls", 0)
             try:
                 *pieces, reply = engine.stream(text, steer=steer)
             except FintsEdgeError as e:
@@ -212,7 +222,16 @@ def soak(engine: Engine, n_requests: int, seconds: float, seed: int) -> SoakStat
                 assert isinstance(reply, Reply) and all(isinstance(p, str) for p in pieces)
                 assert reply.completion_tokens <= max_tokens
                 assert reply.prompt_tokens + reply.completion_tokens <= N_CTX
-                assert "".join(pieces).strip() == reply.text and reply.steered == steer
+                assert "".join(pieces).strip() == reply.text
+                # steered = something was added: asked for, and neither strength 0 nor a
+                # closed gate left the plan with nothing to add; the injector saw exactly that
+                plan = reply.plan
+                wanted = bool(steer and plan and plan.steering and plan.steering.active)
+                assert reply.steered == wanted, (steer, engine.config.strength, plan and plan.gate)
+                assert injected[n_injected:] == ([True] if wanted else [])
+                if engine.config.mode == "exact":
+                    assert (engine.injector.calls > calls) == wanted
+                stats.outcomes["steered" if wanted else "unsteered"] += 1
                 stats.outcomes["answered"] += 1
             assert not engine.injector.active, "steering must be cleared after every request"
         except (FintsEdgeError, AssertionError):

@@ -198,6 +198,7 @@ def test_the_web_app_on_the_default_model_takes_a_screenshot(
     """The demo user (lowercase headlines), learnt on the device from the demo history."""
     from export.demo import HISTORY, TASK, snippets
     from fints_edge._paths import default_gguf
+    from fints_edge.engine import EngineConfig
     from fints_edge.learn import main as learn_main
     from fints_edge.serve import Settings
 
@@ -209,7 +210,8 @@ def test_the_web_app_on_the_default_model_takes_a_screenshot(
     assert rc == 0
     settings = Settings(
         model=default_gguf(), profiles_dir=profiles, encoder_dir=onnx_encoder_dir,
-        aggregator_path=onnx_aggregator_path, token=TOKEN, max_tokens=32, threads=1,
+        aggregator_path=onnx_aggregator_path, token=TOKEN,
+        engine=EngineConfig(max_tokens=32, threads=1),
     )  # fmt: skip
     text = TASK + snippets("test")[0]
     with live_server(settings) as (url, _):

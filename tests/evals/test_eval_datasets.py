@@ -1,21 +1,22 @@
-"""Loaders for the public LaMP / LongLaMP layouts, on small fixtures and the shared mini set."""
+"""Loaders for the public LaMP / LongLaMP layouts, on small fixtures and the shipped mini set."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from evals.datasets import load_lamp, load_longlamp
+import evals
+from evals.datasets import LONGLAMP_DIR, LONGLAMP_MINI, load_lamp, load_longlamp
 from fints_edge.errors import FintsEdgeError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QUESTIONS = FIXTURES / "lamp4_questions.json"
 OUTPUTS = FIXTURES / "lamp4_outputs.json"
-SHARED = Path("/work/shared/data/longlamp_abstract_mini/abstract_generation_mini.json")
 
 
 def _write(path: Path, data: object) -> Path:
@@ -132,10 +133,17 @@ def test_longlamp_fixture():
     assert tasks[0].target == "We study steering in small models."
 
 
-def test_the_shared_longlamp_mini_set():
-    if not SHARED.is_file():
-        pytest.skip(f"{SHARED} not present")
-    tasks = load_longlamp(SHARED)
+def test_the_shipped_longlamp_mini_set():
+    """evals/data/longlamp_abstract_mini/, inside the repository: a clone runs it, so a missing
+    file fails here rather than being skipped."""
+    assert LONGLAMP_MINI == (
+        Path(evals.__file__).resolve().parent
+        / "data"
+        / "longlamp_abstract_mini"
+        / "abstract_generation_mini.json"
+    )
+    assert LONGLAMP_MINI.is_file(), f"{LONGLAMP_MINI}: the shipped LongLaMP mini set is missing"
+    tasks = load_longlamp(LONGLAMP_MINI)
     assert len(tasks) == 7 and all(len(t.history) == 4 for t in tasks)
     assert [t.user for t in tasks] == [f"user_{i}" for i in range(7)]
     first = tasks[0]
@@ -149,6 +157,30 @@ def test_the_shared_longlamp_mini_set():
         'domain using sparse Bayesian inference.".'
     )
     assert first.history[0].output.startswith("when true targets do not locate exactly on")
+
+
+def test_the_mini_set_readme_records_its_sha256_and_provenance():
+    readme = (LONGLAMP_DIR / "README.md").read_text(encoding="utf-8")
+    digest = hashlib.sha256(LONGLAMP_MINI.read_bytes()).hexdigest()
+    assert f"| `{LONGLAMP_MINI.name}` | {LONGLAMP_MINI.stat().st_size} | `{digest}` |" in readme
+    assert "JIJI5647/longLaMP" in readme and "License" in readme and "unchanged" in readme
+
+
+def test_a_missing_longlamp_file_is_an_error_not_a_skip(tmp_path, monkeypatch, capsys):
+    from evals import evaluate
+
+    parse = evaluate.build_parser().parse_args
+    assert evaluate.longlamp_path(parse([])) == LONGLAMP_MINI
+    gone = tmp_path / "gone.json"
+    with pytest.raises(FintsEdgeError, match="no such LongLaMP file; pass --longlamp FILE or"):
+        evaluate.longlamp_path(parse(["--longlamp", str(gone)]))
+    monkeypatch.setattr(evaluate, "LONGLAMP_MINI", gone)  # a checkout without the shipped set
+    with pytest.raises(FintsEdgeError, match="gone.json: no such LongLaMP file .*shipped"):
+        evaluate.longlamp_path(parse([]))
+    # the run stops before any model loads (the model named here does not exist either)
+    assert evaluate.main(["--model", str(tmp_path / "no.gguf")]) == 1
+    err = capsys.readouterr().err
+    assert "gone.json: no such LongLaMP file" in err and "no.gguf" not in err
 
 
 @pytest.mark.parametrize(

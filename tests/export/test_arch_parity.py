@@ -1,10 +1,10 @@
-"""Every architecture in ``fints_edge.arch``: llama.cpp against torch on a tiny random model.
+"""Every architecture in ``fints_edge.llama.arch``: llama.cpp against torch on a tiny random model.
 
 Per arch (llama, qwen2, mistral -> a llama GGUF, gemma3 with an 8-token sliding window), the
 same checks the Llama path has in tests/test_inject.py and tests/test_learn.py:
 - injection: exact (eval callback) and cvec against the torch reference (HF + forward hooks),
   logits at every prompt position and over 20 generated tokens, max |difference| < 1e-3;
-- extraction: on-device signals (``fints_edge.extract``) against torch hooks (``export.extract``),
+- extraction: on-device signals (``fints_edge.learn.extract``) against torch hooks (``export.extract``),
   both attention readings, layer 0 (qwen2 reads its residual input from the embeddings) and the
   last layer (llama.cpp prunes its rows);
 - conversion: the direct GGUF writer against llama.cpp's own ``convert_hf_to_gguf.py``.
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from export.tiny import EXACT_KV, TINY_ARCHS, make_tiny_model
-from fints_edge.inject import CallbackInjector, CvecInjector, open_steerable, steered
+from fints_edge.llama.inject import CallbackInjector, CvecInjector, open_steerable, steered
 from tests._parity import llama_run, random_vectors, torch_logits
 
 TOL = 1e-3
@@ -146,7 +146,7 @@ def test_parity_attention_site_in_cvec_mode_is_only_approximate(arch_model):
 
 
 def test_parity_callback_targets_the_table_tensors(arch_model):
-    from fints_edge.arch import ARCHS
+    from fints_edge.llama.arch import ARCHS
 
     arch, tiny, _, _, engines = arch_model
     llm, injector = engines["exact"]
@@ -162,7 +162,7 @@ def test_parity_callback_targets_the_table_tensors(arch_model):
 @pytest.mark.parametrize("reading", ["output", "residual"])
 def test_parity_device_signals_match_torch_every_arch(arch_model, reading):
     from export.extract import extract_signals, prompt_ids
-    from fints_edge.extract import DeviceExtractor
+    from fints_edge.learn.extract import DeviceExtractor
 
     arch, tiny, hf, tok, engines = arch_model
     layers = [0, tiny.n_layer // 2, tiny.n_layer - 1]
@@ -243,7 +243,7 @@ def _gguf_contents(path):
 
 def test_parity_direct_writer_equals_llama_cpp_converter(arch_model, tmp_path):
     from export.gguf import convert_official
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
 
     _converter_or_skip()
     arch, tiny, _, _, engines = arch_model
@@ -298,7 +298,7 @@ def test_optional_model_learns_on_device_and_steers(name, fmt, tmp_path, onnx_en
     assert profile.prompt_format == fmt  # gemma-3-270m base has no chat template
     assert np.isfinite(profile.signals.astype(np.float32)).all()
     assert np.abs(profile.signals.astype(np.float32)).max() > 0
-    user = profile.user_vector().astype(np.float32) * 4  # [S, L, n_embd]
+    user = profile.raw_mean_signal().astype(np.float32) * 4  # [S, L, n_embd]
     moved = {}
     for mode in ("exact", "cvec"):
         llm, injector = open_steerable(model, mode, n_ctx=256, n_threads=1, logits_all=True)

@@ -26,7 +26,7 @@ from export.models import load_hf
 from export.tiny import EXACT_KV
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import cvec_row
-from fints_edge.model import chat_prompt, open_llama
+from fints_edge.llama.model import chat_prompt, open_llama
 from tests._factories import profile as make_profile
 
 PROMPT = "The quick brown fox jumps over the lazy dog near the river."
@@ -277,7 +277,7 @@ def test_parity_control_vector_file_vs_torch_hook(tiny, hf, tmp_path):
 
 def test_profile_to_control_vector_places_user_vector(tmp_path):
     p = make_profile(n_layer=4, n_embd=8)  # layers [1, 3], sites (attn, mlp)
-    user = p.user_vector()  # [S, L, n_embd]
+    user = p.raw_mean_signal()  # [S, L, n_embd]
     _, t = _read_cvec(profile_to_control_vector(p, tmp_path / "mlp.gguf", "mlp", strength=2.0))
     np.testing.assert_allclose(t["direction.1"], 2 * user[1, 0], rtol=1e-6)
     np.testing.assert_array_equal(t["direction.2"], np.zeros(8, np.float32))

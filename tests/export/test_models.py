@@ -13,7 +13,7 @@ import torch
 from export import models
 from export.models import dequantized_hf, gguf_sha256, identity_from_hf, load_hf
 from fints_edge.errors import FintsEdgeError
-from fints_edge.model import identity_from_llama, open_llama
+from fints_edge.llama.model import identity_from_llama, open_llama
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 llama.cpp asks the eval callback about each graph node; answered in Python that costs ~8% of
 decode speed. The filter answers in C from a list of tensor names and calls Python only for those.
-It is compiled once by ``python -m fints_edge.native build`` (``make setup`` runs it) into the
+It is compiled once by ``python -m fints_edge.llama.native build`` (``make setup`` runs it) into the
 cache folder, keyed by its source, and loaded with ctypes. Without a C compiler everything still
 works: the injector answers in Python. ``FINTS_EDGE_NATIVE=0`` turns the filter off.
 """
@@ -13,6 +13,7 @@ import argparse
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shlex
@@ -33,6 +34,7 @@ ABI = 1  # fe_filter_abi() of the source this module speaks to
 MAX_NAMES = 128  # FE_MAX_NAMES
 NAME_LEN = 64  # FE_NAME_LEN (GGML_MAX_NAME)
 DISABLE_ENV = "FINTS_EDGE_NATIVE"
+log = logging.getLogger("fints_edge")
 
 
 class Filter(ctypes.Structure):
@@ -77,9 +79,10 @@ def _compiler() -> list[str]:
 
 
 def build() -> Path:
-    """Compile the filter into the cache folder (atomically); a no-op when it is already there."""
+    """Compile the filter into the cache folder (atomically); a no-op when a loadable one is
+    already there (one that fails to load is compiled again, in its place)."""
     out = library_path()
-    if out.is_file():
+    if out.is_file() and _open_library(out)[0] is not None:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -95,19 +98,48 @@ def build() -> Path:
     return out
 
 
+_BUILD_CMD = "`python -m fints_edge.llama.native build`"
+# Why load() last gave None: "off", "not built", or a sentence on a built filter that failed to
+# load; None after a successful load. Read by status().
+_why_not: str | None = None
+
+
+def _open_library(path: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None) or (None, why the file at ``path`` cannot serve as the filter)."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        abi = lib.fe_filter_abi()
+    except OSError as e:  # not a shared object, wrong machine, missing dependency
+        return None, f"built but failed to load ({e}); run {_BUILD_CMD} to rebuild it"
+    except AttributeError:
+        return None, (
+            f"built but failed to load ({path} has no fe_filter_abi); run {_BUILD_CMD} to "
+            "rebuild it"
+        )
+    if abi != ABI:
+        return None, (
+            f"built but for ABI {abi} while this fints-edge speaks ABI {ABI} ({path}); run "
+            f"{_BUILD_CMD} to rebuild it"
+        )
+    return lib, None
+
+
 @functools.cache
 def load() -> ctypes.CDLL | None:
-    """The built filter, or None (not built, turned off, or from another ABI)."""
+    """The built filter, or None: turned off, not built, or built but failing to load (from
+    another machine or ABI, or damaged); :func:`status` says which, and a built filter that
+    fails to load is logged once."""
+    global _why_not
     if os.environ.get(DISABLE_ENV, "1") == "0":
+        _why_not = "off"
         return None
     path = library_path()
     if not path.is_file():
+        _why_not = "not built"
         return None
-    try:
-        lib = ctypes.CDLL(str(path))
-        if lib.fe_filter_abi() != ABI:
-            return None
-    except (OSError, AttributeError):
+    lib, _why_not = _open_library(path)
+    if lib is None:
+        log.warning("exact-mode C filter: %s; the Python filter is in use", _why_not)
         return None
     lib.fe_filter_eval.restype = ctypes.c_bool
     lib.fe_filter_eval.argtypes = [ctypes.c_void_p, ctypes.c_bool, ctypes.c_void_p]
@@ -116,19 +148,19 @@ def load() -> ctypes.CDLL | None:
 
 def status() -> str:
     """One line for the doctor."""
-    if os.environ.get(DISABLE_ENV, "1") == "0":
-        return f"exact-mode C filter: off ({DISABLE_ENV}=0)"
     if load() is not None:
         return f"exact-mode C filter: built ({library_path().name})"
-    return (
-        "exact-mode C filter: not built (`python -m fints_edge.native build`); Python filter in use"
-    )
+    if _why_not == "off":
+        return f"exact-mode C filter: off ({DISABLE_ENV}=0)"
+    if _why_not == "not built":
+        return f"exact-mode C filter: not built ({_BUILD_CMD}); Python filter in use"
+    return f"exact-mode C filter: {_why_not}; Python filter in use"
 
 
 @cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m fints_edge.native",
+        prog="python -m fints_edge.llama.native",
         description="Build the optional C eval filter that speeds up the exact steering mode.",
     )
     p.add_argument("action", choices=["build", "status"])

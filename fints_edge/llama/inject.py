@@ -6,7 +6,7 @@ Two modes (see notes on llama.cpp):
   of that layer does not see it), which is all the built-in vector can express.
 - ``exact``: the graph eval callback adds v_attn to ``ffn_inp-L`` (residual + attention output,
   the MLP input) and v_mlp to ``l_out-L`` (layer output): true Pulse-and-Re-Pulse. CPU backend.
-  Those are the llama/qwen2 names; gemma3 uses ``sa_out-L`` for v_attn (``fints_edge.arch``).
+  Those are the llama/qwen2 names; gemma3 uses ``sa_out-L`` for v_attn (``fints_edge.llama.arch``).
   The callback can also weigh the vectors by position (a prompt strength, through a position
   cursor) and keep each steered row's norm; both injectors take a scale (the repeat fade).
 
@@ -23,35 +23,68 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from fints_edge import native
-from fints_edge.arch import SUPPORTED, ArchGraph, cvec_note, graph_of
+from fints_edge.config import MODES, Mode
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import Site, cvec_row
+from fints_edge.llama import native
+from fints_edge.llama.arch import ArchGraph, cvec_note, graph_of
+from fints_edge.llama.context import prefill
 
-Mode = Literal["cvec", "exact"]
-MODES: tuple[Mode, ...] = ("cvec", "exact")
+if TYPE_CHECKING:
+    from fints_edge.plan import Steering
 
-# Which graph tensor carries which site is per architecture: fints_edge.arch holds the table.
-EXACT_ARCHS = SUPPORTED
 _GGML_TYPE_F32 = 0
 # Computed once per micro-batch before any steered tensor, one row per token: the position cursor.
 _CURSOR_TENSOR = b"attn_norm-0"
 
 
 class Injector(Protocol):
-    """Sets steering for the next requests of one llama context, and clears it."""
+    """Sets steering for the next requests of one llama context, and clears it. Both modes
+    implement all of it, so a caller never asks which one it has."""
 
-    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None: ...
+    mode: Mode
+    can_tap: bool  # reads graph tensors (on-device extraction): exact mode only
+
+    def apply(self, steering: Steering, prompt: Sequence[int]) -> None:
+        """Everything of one request's ``steering``, for a generation after ``prompt`` (the
+        context was just reset). A mode that needs the prompt computed first does it here."""
+        ...
+
+    def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
+        """Only main vectors, at every position (tests, benchmarks, the static GGUF)."""
+        ...
 
     def set_scale(self, scale: float) -> None:
-        """Multiply the steering set by :meth:`set` by ``scale`` from the next decode on."""
+        """Multiply the steering set by ``scale`` from the next decode on (the repeat fade)."""
         ...
 
     def clear(self) -> None: ...
+
+    def rewind(self) -> None:
+        """The context was reset: the next token computed is position 0."""
+        ...
+
+    def raise_error(self) -> None:
+        """Raise what failed inside llama.cpp's callback during the last decode, if anything."""
+        ...
+
+
+@contextmanager
+def applied(injector: Injector, steering: Steering | None, prompt: Sequence[int]) -> Iterator[None]:
+    """``with applied(inj, steering, prompt):`` one request's steering, always cleared on the way
+    out; None = nothing to set or clear."""
+    if steering is None:
+        yield
+        return
+    injector.apply(steering, prompt)
+    try:
+        yield
+    finally:
+        injector.clear()
 
 
 @contextmanager
@@ -97,6 +130,9 @@ def _set_cvec_fn() -> Any:
 class CvecInjector:
     """The built-in control vector: one [n_layer, n_embd] buffer, row k -> output of layer k+1."""
 
+    mode: Mode = "cvec"
+    can_tap = False
+
     def __init__(self, llm: Any, n_layer: int, n_embd: int) -> None:
         self._llm = llm
         self.n_layer = n_layer
@@ -118,6 +154,31 @@ class CvecInjector:
     def set(self, vectors: np.ndarray, sites: Sequence[Site], layers: Sequence[int]) -> None:
         self._buffer = self.buffer(vectors, sites, layers)
         self._apply(self._buffer)
+
+    def apply(self, steering: Steering, prompt: Sequence[int]) -> None:
+        """The control vector has no positions: no opening, no norm preservation. A prompt
+        strength is a scaled prefill of the prompt but its last token, whose KV the generation
+        then reuses; the last prompt token (which picks the first answer token) and the answer
+        are computed at full strength."""
+        if steering.opening is not None or steering.preserve_norm:
+            raise FintsEdgeError(
+                "opening signals and norm preservation act inside the graph: use --mode exact"
+            )
+        try:
+            self.set(steering.vectors, steering.sites, steering.layers)
+            if steering.prompt_scale != 1.0 and len(prompt) >= 2:
+                self.set_scale(steering.prompt_scale)
+                prefill(self._llm, prompt[:-1])
+                self.set_scale(1.0)
+        except BaseException:
+            self.clear()  # a refused or failed steering leaves nothing behind
+            raise
+
+    def rewind(self) -> None:
+        """Nothing counts positions here."""
+
+    def raise_error(self) -> None:
+        """No callback: llama.cpp's own errors arrive as the decode's RuntimeError."""
 
     def set_scale(self, scale: float) -> None:
         if self._buffer is not None:
@@ -164,20 +225,17 @@ def _ggml() -> ctypes.CDLL:
     return lib
 
 
-def tensor_name(site: Site, hf_layer: int, arch: str = "llama") -> str:
-    """Graph tensor where ``site`` of decoder layer ``hf_layer`` is steered (llama.cpp's il ==
-    hf_layer), for a GGUF of architecture ``arch`` (see ``fints_edge.arch``)."""
-    return graph_of(arch).inject_tensor(site, hf_layer)
-
-
 class CallbackInjector:
     """Adds vectors to named graph tensors in place, as llama.cpp computes them.
 
     The ctypes callback object is owned here and must outlive the llama context; create the
     context with :func:`open_steerable` so both share one lifetime. When the C filter is built
-    (``fints_edge.native``), llama.cpp's per-node "do you need this tensor?" is answered in C
+    (``fints_edge.llama.native``), llama.cpp's per-node "do you need this tensor?" is answered in C
     from the names this injector keeps it up to date with; otherwise in Python.
     """
+
+    mode: Mode = "exact"
+    can_tap = True
 
     def __init__(self, n_embd: int, arch: str = "llama", use_filter: bool = True) -> None:
         import llama_cpp
@@ -194,7 +252,7 @@ class CallbackInjector:
         self._answer_start: int | None = None
         self._prompt_scale = 1.0
         self._scale = 1.0  # set_scale: the fade
-        self.preserve_norm = False  # rescale each steered row to its norm before steering
+        self._preserve_norm = False  # rescale each steered row to its norm before steering
         self._cursor = 0  # tokens computed since rewind()
         self._ubatch = (0, 0)  # (first position, rows) of the micro-batch being computed
         self._error: BaseException | None = None  # raised inside the callback, see raise_error
@@ -253,7 +311,27 @@ class CallbackInjector:
         self._targets = self._by_tensor(vectors, sites, layers)
         self._sync_filter()
 
-    def set_opening(
+    def apply(self, steering: Steering, prompt: Sequence[int]) -> None:
+        """Main vectors (x prompt scale before the last prompt token), the opening window from
+        the last prompt token on, and norm preservation, as one."""
+        answer_start = len(prompt) - 1
+        try:
+            self.set(steering.vectors, steering.sites, steering.layers)
+            self._set_prompt_scale(answer_start, steering.prompt_scale)
+            self._preserve_norm = steering.preserve_norm
+            if steering.opening is not None:
+                self._set_opening(
+                    steering.opening,
+                    steering.sites,
+                    steering.layers,
+                    answer_start,
+                    steering.opening_window,
+                )
+        except BaseException:
+            self.clear()  # a refused steering leaves nothing behind
+            raise
+
+    def _set_opening(
         self,
         vectors: np.ndarray,
         sites: Sequence[Site],
@@ -270,7 +348,7 @@ class CallbackInjector:
         self._window = (start, count)
         self._sync_filter()
 
-    def set_prompt_scale(self, answer_start: int, scale: float) -> None:
+    def _set_prompt_scale(self, answer_start: int, scale: float) -> None:
         """Add the main vectors x ``scale`` at positions before ``answer_start`` and in full from
         it on (answer_start = prompt length - 1: the last prompt token, which picks the first
         answer token, is steered in full). scale 1 = every position alike; 0 = answer only."""
@@ -294,12 +372,13 @@ class CallbackInjector:
         self._answer_start = None
         self._prompt_scale = 1.0
         self._scale = 1.0
+        self._preserve_norm = False
         self._sync_filter()
 
     @contextmanager
     def tapping(self, names: Sequence[str]) -> Iterator[dict[str, list[np.ndarray]]]:
         """Copy the named graph tensors as they are computed: name -> [rows, n_embd] per
-        micro-batch, in order. Used for on-device signal extraction (``fints_edge.extract``)."""
+        micro-batch, in order. Used for on-device signal extraction (``fints_edge.learn.extract``)."""
         self._taps = {n.encode(): [] for n in names}
         self._sync_filter()
         out: dict[str, list[np.ndarray]] = {}
@@ -358,7 +437,7 @@ class CallbackInjector:
                 self._sync_filter()
         if vec is not None or first is not None:
             data = self._rows(tensor, name)
-            before = np.linalg.norm(data, axis=1, keepdims=True) if self.preserve_norm else None
+            before = np.linalg.norm(data, axis=1, keepdims=True) if self._preserve_norm else None
             if vec is not None:
                 self._add_main(data, vec)
             if first is not None:
@@ -415,7 +494,7 @@ def open_steerable(
 ) -> tuple[Any, Injector]:
     """A Llama and its injector. In ``exact`` mode the context is created with our eval callback,
     behind the C filter when it is built and ``native_filter`` is True."""
-    from fints_edge.model import n_layers, open_llama
+    from fints_edge.llama.model import n_layers, open_llama
 
     if mode not in MODES:
         raise FintsEdgeError(f"unknown injection mode '{mode}'; choose one of {', '.join(MODES)}")

@@ -24,7 +24,7 @@ from typing import Literal
 from rouge_score import rouge_scorer
 from tqdm import tqdm
 
-from fints_edge.errors import FintsEdgeError, HistoryError
+from fints_edge.errors import HistoryError, NoUsableItems
 from fints_edge.history import HistoryItem
 
 NegativeSource = Literal["zero-shot", "others", "given"]
@@ -125,9 +125,10 @@ def build_pairs(
         pairs.append(ContrastPair(i, item.input, item.output, rejected))
     report.kept = len(pairs)
     if not pairs:
-        raise FintsEdgeError(
-            "no usable contrast pair: every negative was identical to the user's output; "
-            "give 'rejected' texts (an answer you did not want) in the history"
+        raise NoUsableItems(
+            f"none of the {len(items)} history item(s) was usable: each one's negative (its "
+            "'rejected' text, or the model's own answer) equals its output; give each item a "
+            "'rejected' text that differs from its output (an answer you did not want)"
         )
     return pairs, report
 

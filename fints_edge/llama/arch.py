@@ -155,7 +155,7 @@ def graph_of(arch: str, where: str = "the model") -> ArchGraph:
         return ARCHS[arch]
     except KeyError:
         raise FintsEdgeError(
-            f"{where}: architecture '{arch}' is not in fints_edge.arch's table "
+            f"{where}: architecture '{arch}' is not in fints_edge.llama.arch's table "
             f"({', '.join(SUPPORTED)}), which exact injection and on-device learning need; "
             "the chat runs it with --mode cvec (attention site approximated at the layer output)"
         ) from None
@@ -181,7 +181,7 @@ def cvec_note(arch: str) -> str | None:
     if arch in ARCHS:
         return None
     return (
-        f"architecture '{arch}' is not in fints_edge.arch's table: cvec mode adds every site's "
+        f"architecture '{arch}' is not in fints_edge.llama.arch's table: cvec mode adds every site's "
         "vector to each layer's output through llama.cpp's control vector (exact for the MLP "
         "site only if the layer ends with residual + MLP output; the attention site is "
         "approximated; unchecked against torch for this arch)"

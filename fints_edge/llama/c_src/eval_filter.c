@@ -3,7 +3,7 @@
  * llama.cpp asks the eval callback about every node of the graph (about 1,100 per token on
  * SmolLM2) whether it wants the node's data. Answering that in Python costs about 8% of decode
  * speed; this filter answers it here from a list of tensor names and calls Python only for the
- * tensors on the list, once each has been computed. Built by `python -m fints_edge.native build`;
+ * tensors on the list, once each has been computed. Built by `python -m fints_edge.llama.native build`;
  * without it the injector answers in Python (same results, slower).
  *
  * No ggml headers: the tensor is opaque, its name comes from ggml_get_name, whose address

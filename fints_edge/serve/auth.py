@@ -15,6 +15,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,10 +89,16 @@ def _read_token(path: Path) -> str:
     return token
 
 
+def error_object(
+    message: str, kind: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape, which its clients parse: {"error": {message, type, param, code}}
+    (the one place it is written; ``fints_edge.serve.http.error_body`` maps exceptions to it)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def json_error(message: str, kind: str, code: str | None = None) -> bytes:
-    """OpenAI's error shape, which its clients parse: {"error": {message, type, code}}."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return json.dumps(body).encode()
+    return json.dumps(error_object(message, kind, code)).encode()
 
 
 async def send_json_error(

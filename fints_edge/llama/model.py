@@ -6,6 +6,7 @@ this module costs nothing and works where llama-cpp-python is missing (tests, to
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -134,40 +135,49 @@ def chat_prompt(
         return plain_prompt(llm, messages)
     if prompt_format != "chat":
         raise FintsEdgeError(f"prompt format {prompt_format!r}: use chat or plain")
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise FintsEdgeError(
             f"{llm.model_path}: GGUF has no chat template (a base model?); use the plain "
             "prompt format (a profile built with --prompt-format plain)"
         )
-    eos = _token_text(llm, llm.token_eos())
-    bos = _token_text(llm, llm.token_bos())
-    formatter = Jinja2ChatFormatter(
-        template, eos_token=eos, bos_token=bos, add_generation_prompt=True
-    )
+    eos, bos = token_text(llm, llm.token_eos()), token_text(llm, llm.token_bos())
     msgs: Any = list(messages)  # llama_cpp's TypedDicts; plain role/content dicts
-    return formatter(messages=msgs).prompt
+    return str(chat_formatter(template, eos, bos)(messages=msgs).prompt)
+
+
+@functools.lru_cache(maxsize=8)
+def chat_formatter(template: str, eos: str, bos: str) -> Any:
+    """The compiled chat template (compiling costs ~2.4 ms, rendering ~0.01 ms, and
+    ``fints_edge.prompt.prompt_tokens`` renders twice per prompt)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
 
 
 def plain_prompt(llm: Any, messages: Sequence[dict[str, str]]) -> str:
     """The plain layout, for base models: BOS if the model adds one, then each turn's text;
     a user turn ends with a newline (the answer follows it, as during extraction), an assistant
     or system turn with a blank line. One user message gives BOS + input + newline, exactly the
-    ``plain`` layout ``fints_edge.extract`` and ``export.extract`` learn signals with."""
+    ``plain`` layout ``fints_edge.learn.extract`` and ``export.extract`` learn signals with."""
     import llama_cpp
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    bos = _token_text(llm, llm.token_bos()) if llama_cpp.llama_vocab_get_add_bos(vocab) else ""
+    bos = token_text(llm, llm.token_bos()) if llama_cpp.llama_vocab_get_add_bos(vocab) else ""
     parts = [m["content"] + ("\n" if m["role"] == "user" else "\n\n") for m in messages]
     return bos + "".join(parts)
 
 
-def _token_text(llm: Any, token: int) -> str:
+def token_text(llm: Any, token: int) -> str:
+    """A token's text as stored in the vocabulary ("" for no token, e.g. a missing BOS)."""
     if token < 0:
         return ""
     import llama_cpp
 
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return vocab_text(llama_cpp.llama_model_get_vocab(llm.model), token)
+
+
+def vocab_text(vocab: Any, token: int) -> str:
+    import llama_cpp
+
     return (llama_cpp.llama_vocab_get_text(vocab, token) or b"").decode("utf-8", "replace")

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fints_edge._serve_auth import check_name, ensure_private_dir
 from fints_edge.errors import FintsEdgeError, HistoryError, ProfileError
 from fints_edge.history import HistoryItem, read_history
-from fints_edge.profile import Profile
+from fints_edge.profile import Profile, read_header
+from fints_edge.serve.auth import check_name, ensure_private_dir
+from fints_edge.serve.settings import Settings
 
 log = logging.getLogger("fints_edge.serve")
 
@@ -57,24 +56,26 @@ class ProfileStore:
         return sorted(p.stem for p in self.folder.glob("*.npz") if _is_name(p.stem))
 
     def summary(self, name: str) -> dict[str, Any]:
-        """Cheap facts read from a few small arrays (the signals are not loaded)."""
+        """Cheap facts from the file's small members and headers (the signals are not read),
+        with every check a full load makes on them (``fints_edge.profile.read_header``)."""
         path = self.existing(name)
         out: dict[str, Any] = {"name": name, "bytes": path.stat().st_size}
         try:
-            with np.load(path, allow_pickle=False) as z:
-                out.update(
-                    items=int(len(z["inputs_offsets"]) - 1),
-                    layers=[int(x) for x in z["layers"]],
-                    sites=[str(x) for x in z["sites"]],
-                    created=str(z["created"]),
-                )
-        except Exception as e:  # listing must survive one bad file; say what is wrong with it
-            out["error"] = f"not a readable profile ({type(e).__name__})"
-        return out
+            h = read_header(path)
+        except ProfileError as e:  # listing must survive one bad file; say what is wrong with it
+            out["error"] = str(e).replace(str(self.folder) + os.sep, "profiles/")
+            return out
+        return out | {
+            "items": h.n_items,
+            "layers": list(h.layers),
+            "sites": list(h.sites),
+            "created": h.created,
+        }
 
     def details(self, name: str) -> dict[str, Any]:
         """Every item (id, input, output, timestamp): what "forget" picks from."""
-        p = Profile.load(self.existing(name))
+        path = self.existing(name)
+        p = Profile.load(path)
         items = [
             {
                 "id": i,
@@ -84,8 +85,15 @@ class ProfileStore:
             }
             for i, t in enumerate(p.timestamps.tolist())
         ]
-        summary = self.summary(name)
-        return summary | {"items": len(items), "history": items}
+        return {
+            "name": name,
+            "bytes": path.stat().st_size,
+            "items": len(items),
+            "layers": p.layers.tolist(),
+            "sites": list(p.sites),
+            "created": p.created,
+            "history": items,
+        }
 
     def import_profile(self, name: str, source: Path) -> bool:
         """Copy a validated profile in under ``name`` unless that name exists (False then)."""
@@ -192,7 +200,7 @@ class _JobCancelled(Exception):
 class Builder:
     """Runs profile-building jobs one at a time on a thread of its own (bounded backlog)."""
 
-    def __init__(self, store: ProfileStore, settings: Any, max_jobs: int = 4) -> None:
+    def __init__(self, store: ProfileStore, settings: Settings, max_jobs: int = 4) -> None:
         self.store, self.settings, self.max_jobs = store, settings, max_jobs
         self.jobs: OrderedDict[str, LearnJob] = OrderedDict()
         self._lock = threading.Lock()
@@ -276,32 +284,23 @@ class Builder:
 
     def _build(self, job: LearnJob) -> dict[str, Any]:
         from fints_edge.encode import Encoder
-        from fints_edge.extract import DEFAULT_OPENING_TOKENS, DeviceExtractor
-        from fints_edge.inject import open_steerable
-        from fints_edge.layers import SITES, default_layer
-        from fints_edge.learn import Learner
-        from fints_edge.model import n_layers
+        from fints_edge.learn import Learner, Recipe, new_extractor
+        from fints_edge.llama.inject import open_steerable
 
         s = self.settings
+        recipe = Recipe(layers=tuple(job.layers or ()))  # as `python -m fints_edge.learn` stores
         t0 = time.perf_counter()
-        llm, injector = open_steerable(s.model, "exact", n_ctx=s.n_ctx, n_threads=s.threads)
+        llm, injector = open_steerable(
+            s.model, "exact", n_ctx=s.engine.n_ctx, n_threads=s.engine.threads
+        )
         try:
-            encoder = Encoder(s.encoder_dir, threads=s.threads)
-            layers = job.layers or [default_layer(n_layers(llm))]
-            extractor = DeviceExtractor(
-                llm, injector, layers, SITES, "output", "chat", DEFAULT_OPENING_TOKENS
-            )
+            encoder = Encoder(s.encoder_dir, threads=s.engine.threads)
+            extractor = new_extractor(llm, injector, recipe)
             n_neg = sum(it.rejected is None for it in job.items)
-            learner = Learner(_Progress(extractor, job, n_neg), encoder, seed=s.seed)  # type: ignore[arg-type]
-            try:
-                profile = learner.new_profile(job.items, progress=False)
-            except ValueError as e:
-                if job.done > n_neg:
-                    raise
-                raise FintsEdgeError(
-                    "no history item was usable: each needs an output that differs from its "
-                    "'rejected' text (or from the model's own answer)"
-                ) from e
+            learner = Learner(_Progress(extractor, job, n_neg), encoder, seed=s.engine.seed)  # type: ignore[arg-type]
+            # NoUsableItems (a FintsEdgeError) says when no item had a contrast; any other
+            # error leaves as what it is
+            profile = learner.new_profile(job.items, opening=recipe.stores_opening, progress=False)
         finally:
             llm.close()
         job.phase = "saving"
@@ -314,6 +313,7 @@ class Builder:
             "items": profile.n_items,
             "dropped": len(job.items) - profile.n_items,
             "layers": profile.layers.tolist(),
+            "sites": list(profile.sites),
             "seconds": round(time.perf_counter() - t0, 2),
         }
 

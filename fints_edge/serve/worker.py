@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fints_edge.engine import Engine
 
 log = logging.getLogger("fints_edge.serve")
+CLOSE_TIMEOUT = 30.0  # seconds a shutdown waits for the running job to stop
 
 
 class Busy(Exception):
@@ -101,6 +102,7 @@ class Worker:
         self._running: Job | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._outlived_close = False  # close() returned while a job still ran
         self._engine: Engine | None = None
         self._loaded: tuple[Path, tuple[int, int, int] | None] | None = None
         self._seconds_per_job = 2.0  # running estimate for Retry-After
@@ -142,8 +144,12 @@ class Worker:
                 **self.counts,
             }
 
-    def close(self) -> None:
-        """Finish the running job, drop waiting ones, free the engine (idempotent)."""
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Drop waiting jobs, stop the running one at its next step, free the engine (idempotent).
+
+        The engine is freed by the worker thread as it ends, never under a job that still uses
+        it: when that job has not stopped within ``timeout`` seconds, ``close`` returns and the
+        thread frees the engine once the job is over (a warning says so)."""
         with self._cond:
             self._closing = True
             for job in self._waiting:
@@ -154,11 +160,23 @@ class Worker:
                 self._running._cancelled.set()
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
-            thread.join(timeout=30)
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+        if thread is None:
+            self._free_engine()  # no thread ever ran, so no job can hold the engine
+            return
+        thread.join(timeout=timeout)
+        if thread.is_alive():
+            self._outlived_close = True
+            log.warning(
+                "a job still runs %.0f s after shutdown began; the engine stays loaded and is "
+                "freed by its thread when the job ends",
+                timeout,
+            )
+
+    def _free_engine(self) -> None:
+        with self._cond:
+            engine, self._engine, self._loaded = self._engine, None, None
+        if engine is not None:
+            engine.close()
 
     # -- the worker thread ------------------------------------------------------------------
     def _start(self) -> None:
@@ -167,6 +185,15 @@ class Worker:
             self._thread.start()
 
     def _loop(self) -> None:
+        """Runs jobs until the worker closes; then frees the engine (no job can use it any more)."""
+        try:
+            self._run_jobs()
+        finally:
+            self._free_engine()
+            if self._outlived_close:
+                log.warning("the job that outlived shutdown has ended; the engine is freed")
+
+    def _run_jobs(self) -> None:
         while True:
             with self._cond:
                 while not self._waiting and not self._closing:

@@ -4,7 +4,7 @@ For one history item, the prompt is decoded once, then the chosen and the reject
 decoded after it (the KV cache is rewound in between), with the eval callback copying the site
 tensors of the steered layers at the answer positions. Signal = mean(chosen) - mean(rejected).
 
-Graph tensors per site come from ``fints_edge.arch`` (torch twins in ``export/extract.py``); for
+Graph tensors per site come from ``fints_edge.llama.arch`` (torch twins in ``export/extract.py``); for
 llama: attention ``attn_out-L`` (reading ``output``) or ``ffn_inp-L`` (``residual``), MLP
 ``ffn_out-L``, residual norms ``l_out-L``. qwen2 names no attention output: it is read as
 ``ffn_inp-L`` minus the residual entering the layer. gemma3 reads the post-normed block outputs.
@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from fints_edge.errors import FintsEdgeError
-from fints_edge.generate import complete, decode_error
-from fints_edge.inject import CallbackInjector
+from fints_edge.generate import complete
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site, check_layers
-from fints_edge.model import has_chat_template, n_layers
-from fints_edge.pairs import RETRY_SAMPLING
+from fints_edge.learn.pairs import RETRY_SAMPLING
+from fints_edge.llama.context import decode_at, decode_error, forget_tokens
+from fints_edge.llama.inject import CallbackInjector
+from fints_edge.llama.model import has_chat_template, n_layers
 from fints_edge.profile import PROMPT_FORMATS, PromptFormat
 from fints_edge.prompt import prompt_tokens as layout_tokens
 
@@ -89,7 +90,7 @@ class DeviceExtractor:
         if opening_tokens < 1:
             raise FintsEdgeError(f"opening_tokens must be >= 1, got {opening_tokens}")
         self.opening_tokens = opening_tokens
-        graph = injector.graph  # this model's tensor names per site (fints_edge.arch)
+        graph = injector.graph  # this model's tensor names per site (fints_edge.llama.arch)
         self._readings = [
             [graph.reading(s, j, attn_reading) for j in self.layers] for s in self.sites
         ]  # [S][L]
@@ -103,10 +104,15 @@ class DeviceExtractor:
         and newline); see fints_edge.prompt."""
         return layout_tokens(self.llm, [{"role": "user", "content": text}], self.prompt_format)
 
-    def answer_tokens(self, answer: str) -> list[int]:
+    def answer_tokens(self, answer: str, text: str, which: str = "answer") -> list[int]:
+        """``answer`` (the item's ``which``: output or rejected text) as plain-text ids; ``text``
+        is the item's input, named when the answer gives no token."""
         ids = list(self.llm.tokenize(answer.encode(), add_bos=False, special=False))
         if not ids:
-            raise FintsEdgeError(f"empty answer for input {answer[:40]!r}; drop the item")
+            raise FintsEdgeError(
+                f"the {which} for input {text[:40]!r} is empty after tokenization; give it some "
+                "text or drop the item from the history"
+            )
         return ids
 
     # -- the contrast ---------------------------------------------------------------------------
@@ -115,7 +121,10 @@ class DeviceExtractor:
         if self.injector.active:
             raise FintsEdgeError("clear steering before extracting signals")
         prompt = self.prompt_tokens(text)
-        answers = [self.answer_tokens(chosen), self.answer_tokens(rejected)]
+        answers = [
+            self.answer_tokens(chosen, text, "output"),
+            self.answer_tokens(rejected, text, "rejected text"),
+        ]
         need = len(prompt) + max(len(a) for a in answers)
         if need > self.llm.n_ctx():
             raise FintsEdgeError(
@@ -131,7 +140,7 @@ class DeviceExtractor:
         try:
             self._decode(prompt, 0, every_position=False)
             for which, answer in enumerate(answers):
-                self.llm._ctx.kv_cache_seq_rm(-1, len(prompt), -1)  # rewind to the prompt
+                forget_tokens(self.llm, keep=len(prompt))  # rewind to the prompt
                 with self.injector.tapping(names) as taps:
                     self._decode(answer, len(prompt), every_position=self._every_position)
                 rows = {name: self._rows(taps, name, len(answer)) for name in names}
@@ -167,16 +176,14 @@ class DeviceExtractor:
 
     def _clear(self) -> None:
         """Forget every cached token, so the next decode or generation starts from nothing."""
-        self.llm.reset()
-        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        forget_tokens(self.llm)
 
     def _decode(self, tokens: Sequence[int], n_past: int, *, every_position: bool) -> None:
         llm = self.llm
         for start in range(0, len(tokens), llm.n_batch):
             chunk = list(tokens[start : start + llm.n_batch])
-            llm._batch.set_batch(batch=chunk, n_past=n_past + start, logits_all=every_position)
             try:
-                llm._ctx.decode(llm._batch)
+                decode_at(llm, chunk, n_past + start, logits_all=every_position)
             except RuntimeError as e:
                 self.injector.raise_error()  # the likelier cause when there is one
                 raise decode_error(e, llm, _ITEM_FIX) from e

@@ -10,26 +10,24 @@ sent to it (the engine answers one input at a time, steered by what it retrieves
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fints_edge.config import REQUEST_KNOBS, EngineConfig, KnobError, parse_request_knobs
 from fints_edge.errors import FintsEdgeError
 
 if TYPE_CHECKING:
-    from fints_edge._serve_worker import Job, Worker
     from fints_edge.engine import Reply
+    from fints_edge.serve.worker import Job, Worker
 
 # Standard keys this server honours or safely ignores (answers are greedy).
 ACCEPTED = {"model", "messages", "stream", "stream_options", "user", "max_tokens",
             "max_completion_tokens", "fints", "temperature", "top_p", "seed",
             "presence_penalty", "frequency_penalty", "n", "stop", "logprobs"}  # fmt: skip
-FINTS_KEYS = ("steer", "k", "strength", "rag")
-INT_LIMITS = {"k": (1, 64), "rag": (0, 16)}
-STRENGTH_LIMITS = (-100.0, 100.0)
+FINTS_KEYS = ("steer", *REQUEST_KNOBS)  # bounds and types: their declarations in fints_edge.config
 
 
 class BadRequest(FintsEdgeError):
@@ -43,9 +41,11 @@ class BadRequest(FintsEdgeError):
 @dataclass(frozen=True)
 class Knobs:
     steer: bool
-    k: int
-    strength: float
-    rag: int
+    config: EngineConfig  # the server's defaults with the request's knobs over them
+
+    def changes(self) -> dict[str, Any]:
+        """The per-request knobs, as ``Engine.configure`` takes them."""
+        return {n: getattr(self.config, n) for n in REQUEST_KNOBS}
 
 
 @dataclass(frozen=True)
@@ -69,23 +69,16 @@ def parse_knobs(obj: object, defaults: Knobs, where: str = "fints") -> Knobs:
         raise BadRequest(
             f"unknown key(s) {unknown} in '{where}'; allowed: {', '.join(FINTS_KEYS)}", where
         )
-    values = {f: getattr(defaults, f) for f in FINTS_KEYS}
+    steer = defaults.steer
     if "steer" in obj:
         if not isinstance(obj["steer"], bool):
             raise BadRequest(f"'{where}.steer' must be true or false", f"{where}.steer")
-        values["steer"] = obj["steer"]
-    for key in ("k", "rag"):
-        if key in obj:
-            values[key] = _int(obj[key], f"{where}.{key}", *INT_LIMITS[key])
-    if "strength" in obj:
-        v = obj["strength"]
-        lo, hi = STRENGTH_LIMITS
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-            raise BadRequest(f"'{where}.strength' must be a number", f"{where}.strength")
-        if not lo <= v <= hi:
-            raise BadRequest(f"'{where}.strength' must be in [{lo:g}, {hi:g}]", f"{where}.strength")
-        values["strength"] = float(v)
-    return Knobs(**values)
+        steer = obj["steer"]
+    try:
+        config = parse_request_knobs(obj, defaults.config, where)
+    except KnobError as e:
+        raise BadRequest(str(e), e.param) from None
+    return Knobs(steer, config)
 
 
 def _int(v: object, name: str, lo: int, hi: int) -> int:
@@ -172,9 +165,8 @@ def chat_job(path: Any, req: ChatRequest) -> Callable[[Worker, Job], Reply]:
 
     def run(worker: Worker, job: Job) -> Reply:
         engine = worker.engine_for(path)
-        k = req.knobs
-        engine.configure(k=k.k, strength=k.strength, rag=k.rag, max_tokens=req.max_tokens)
-        gen = engine.stream(req.text, steer=k.steer)
+        engine.configure(**req.knobs.changes(), max_tokens=req.max_tokens)
+        gen = engine.stream(req.text, steer=req.knobs.steer)
         pending, started = "", False  # whitespace held back until more text follows it
         try:
             for item in gen:
@@ -203,9 +195,8 @@ def new_id() -> tuple[str, int]:
 
 def finish_reason(reply: Reply, max_tokens: int) -> str:
     """ "length" when the token budget ended the answer, "stop" when the model did."""
-    finish = getattr(reply, "finish", None)
-    if finish in ("length", "stop"):
-        return str(finish)
+    if reply.finish is not None:
+        return reply.finish
     return "length" if reply.completion_tokens >= max_tokens else "stop"
 
 
@@ -220,7 +211,7 @@ def usage(reply: Reply) -> dict[str, int]:
 def fints_info(reply: Reply, user: str, knobs: Knobs) -> dict[str, Any]:
     info = reply.to_json()
     del info["text"], info["prompt_tokens"], info["completion_tokens"]
-    return {"user": user, "k": knobs.k, "strength": knobs.strength, "rag": knobs.rag} | info
+    return {"user": user, **knobs.changes()} | info
 
 
 def completion(

@@ -13,11 +13,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from fints_edge._serve_auth import BodyTooLarge
-from fints_edge._serve_openai import BadRequest
-from fints_edge._serve_profiles import profile_error_status
-from fints_edge._serve_worker import Busy
 from fints_edge.errors import FintsEdgeError
+from fints_edge.serve.auth import BodyTooLarge, error_object
+from fints_edge.serve.profiles import profile_error_status
+from fints_edge.serve.wire import BadRequest
+from fints_edge.serve.worker import Busy
 
 log = logging.getLogger("fints_edge.serve")
 
@@ -82,7 +82,7 @@ def error_body(e: BaseException) -> tuple[int, dict[str, Any]]:
     else:
         message = str(e)
     param = getattr(e, "param", None)
-    return status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return status, error_object(message, kind, code, param)
 
 
 def make_handler(redact: Callable[[str], str]) -> Callable[[Request, Exception], Any]:

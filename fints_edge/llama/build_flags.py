@@ -8,7 +8,7 @@ wins over all of it. pip's wheel cache keys on the version only, so the project 
 built wheel under `cache_key()`: a machine with other flags never reuses it.
 
 Stdlib only: the Makefile runs this file with the system Python before any venv exists
-(`python3.11 fints_edge/build_flags.py cmake-args|key|describe`).
+(`python3.11 fints_edge/llama/build_flags.py cmake-args|key|describe`).
 """
 
 from __future__ import annotations

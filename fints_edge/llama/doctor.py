@@ -1,4 +1,4 @@
-"""`python -m fints_edge.doctor`: does this machine's llama.cpp build decode? Says "ok" or the fix.
+"""`python -m fints_edge.llama.doctor`: does this machine's llama.cpp build decode? Says "ok" or the fix.
 
 Why a child process: a llama.cpp build compiled for the wrong CPU does not raise, it kills the
 process (SIGSEGV in ggml's AMX path, SIGILL for an instruction the CPU lacks). The child loads the
@@ -24,16 +24,16 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from fints_edge import build_flags, native
 from fints_edge._cli import cli_main, fail
 from fints_edge.errors import FintsEdgeError
+from fints_edge.llama import build_flags, native
 
 FAULT_ENV = "FINTS_EDGE_DOCTOR_FAULT"
 CHILD_FLAG = "--child"
 PROMPT = "The capital of France is"
 REBUILD_HINT = (
     "rebuild llama.cpp for this CPU with `make clean-llama setup` (flags chosen by "
-    "fints_edge/build_flags.py, AMX off; override with CMAKE_ARGS, see README 'Set-up')"
+    "fints_edge/llama/build_flags.py, AMX off; override with CMAKE_ARGS, see README 'Set-up')"
 )
 # llama_print_system_info() name -> /proc/cpuinfo flag the compiled code needs.
 SYSTEM_INFO_NEEDS = {
@@ -96,7 +96,7 @@ def _child(model: str, n_tokens: int) -> int:
         os.abort()
     elif fault == "hang":
         time.sleep(3600)
-    from fints_edge.model import open_llama
+    from fints_edge.llama.model import open_llama
 
     llm = open_llama(model, n_ctx=256, n_threads=1)
     t0 = time.perf_counter()
@@ -114,7 +114,7 @@ def _child(model: str, n_tokens: int) -> int:
 
 def run_child(model: Path, n_tokens: int, timeout: float) -> tuple[dict, str]:
     """Run the decode check in a subprocess: (what it printed, merged), or raise the one-liner."""
-    cmd = [sys.executable, "-m", "fints_edge.doctor", CHILD_FLAG, str(model), str(n_tokens)]
+    cmd = [sys.executable, "-m", "fints_edge.llama.doctor", CHILD_FLAG, str(model), str(n_tokens)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -144,7 +144,7 @@ def run_child(model: Path, n_tokens: int, timeout: float) -> tuple[dict, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fints_edge.doctor",
+        prog="python -m fints_edge.llama.doctor",
         description="Check that llama.cpp, as built on this machine, loads a model and decodes.",
     )
     p.add_argument("--model", type=Path, help="a .gguf (default: the embedded SmolLM2)")
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tokens < 1 or not 0 < args.timeout < math.inf:
         raise FintsEdgeError("--tokens must be >= 1 and --timeout a finite number of seconds > 0")
     from fints_edge._paths import default_gguf
-    from fints_edge.model import check_gguf
+    from fints_edge.llama.model import check_gguf
 
     model = check_gguf(args.model or default_gguf())
     try:

@@ -11,20 +11,19 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from fints_edge import _serve_openai as oai
-from fints_edge._serve_auth import check_name
-from fints_edge._serve_http import ClientGone, JobStream, error_body, read_json, wait_disconnect
-from fints_edge._serve_profiles import Builder, NotFound
-from fints_edge._serve_worker import Cancelled, Event, Job, Worker
-
-if TYPE_CHECKING:
-    from fints_edge.serve import Settings
+from fints_edge.config import REQUEST_KNOBS
+from fints_edge.serve import wire as oai
+from fints_edge.serve.auth import check_name
+from fints_edge.serve.http import ClientGone, JobStream, error_body, read_json, wait_disconnect
+from fints_edge.serve.profiles import Builder, NotFound
+from fints_edge.serve.settings import Settings
+from fints_edge.serve.worker import Cancelled, Event, Job, Worker
 
 log = logging.getLogger("fints_edge.serve")
 
@@ -40,8 +39,7 @@ class Api:
 
     @property
     def defaults(self) -> oai.Knobs:
-        s = self.s
-        return oai.Knobs(steer=True, k=s.k, strength=s.strength, rag=s.rag)
+        return oai.Knobs(steer=True, config=self.s.engine)
 
     def routes(self) -> list[Route]:
         return [
@@ -71,10 +69,8 @@ class Api:
                 "default_user": self.default_user(),
                 "auth": self.s.token is not None,
                 "defaults": {
-                    "k": self.s.k,
-                    "strength": self.s.strength,
-                    "rag": self.s.rag,
-                    "max_tokens": self.s.max_tokens,
+                    **{n: getattr(self.s.engine, n) for n in REQUEST_KNOBS},
+                    "max_tokens": self.s.engine.max_tokens,
                 },
                 "queue": self.worker.status(),
                 "profile_jobs": len(jobs),
@@ -119,7 +115,7 @@ class Api:
             await read_json(request),
             model_id=s.model_id,
             defaults=self.defaults,
-            max_tokens=s.max_tokens,
+            max_tokens=s.engine.max_tokens,
             max_tokens_limit=s.max_tokens_limit,
             max_input_chars=s.max_input_chars,
         )
@@ -157,7 +153,9 @@ class Api:
                         yield oai.DONE
                         return
                     else:
-                        yield oai.sse(error_body(event.value)[1])
+                        body = error_body(event.value)[1]
+                        body["error"]["message"] = s.redact(body["error"]["message"])
+                        yield oai.sse(body)
                         return
                     event = await job.events.get()
             finally:
@@ -211,7 +209,7 @@ class Api:
 
     async def create_profile(self, request: Request) -> JSONResponse:
         """multipart/form-data: ``name``, ``history`` (a JSONL file), optional ``layers``."""
-        from fints_edge._serve_profiles import read_upload
+        from fints_edge.serve.profiles import read_upload
 
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise oai.BadRequest(
@@ -227,7 +225,7 @@ class Api:
             filename = Path(upload.filename or "history.jsonl").name
             layers = parse_layers(form.get("layers"))
         if self.store.path(name).exists():
-            from fints_edge._serve_profiles import Conflict
+            from fints_edge.serve.profiles import Conflict
 
             raise Conflict(f"a profile named '{name}' exists; pick another name or delete it")
         items = await asyncio.to_thread(read_upload, data, filename)
@@ -296,13 +294,13 @@ class Api:
 
         def plan(worker: Worker, _: Job) -> dict[str, Any]:
             engine = worker.engine_for(path)
-            engine.configure(k=knobs.k, strength=knobs.strength, rag=knobs.rag)
+            engine.configure(**knobs.changes())
             p = engine.plan(text)
             timings = {k: round(v, 3) for k, v in p.timings_ms.items()}
             return {"retrieved": p.retrieved, "gate": p.gate, "timings_ms": timings}
 
         result = await self.run(request, plan)
-        return JSONResponse({"user": name, "input": text, "k": knobs.k} | result)
+        return JSONResponse({"user": name, "input": text, "k": knobs.config.k} | result)
 
     # -- jobs -------------------------------------------------------------------------------
     async def list_jobs(self, _: Request) -> JSONResponse:

@@ -1,0 +1,7 @@
+"""``python -m fints_edge.learn``."""
+
+import sys
+
+from fints_edge.learn.cli import main
+
+sys.exit(main())
