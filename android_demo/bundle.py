@@ -71,8 +71,9 @@ def build_wheel(out_dir: Path) -> Path:
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(ROOT / name, src / name)
         with (ROOT / "pyproject.toml").open("rb") as f:
-            packages = tomllib.load(f)["tool"]["setuptools"]["packages"]
-        for pkg in packages:
+            include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+        # the installed packages only (the runtime): export/, evals/, bench/ stay behind
+        for pkg in sorted({pattern.rstrip("*") for pattern in include}):
             shutil.copytree(
                 ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
             )

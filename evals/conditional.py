@@ -56,6 +56,7 @@ def make_conditional(
     tests_per_kind: int,
     seed: int,
     spec: Path = DEFAULT_CONDITIONAL,
+    threads: int | None = None,
 ) -> list[dict]:
     """Rows for ``users`` users (the spec's users in order, cycled)."""
     pool = load_pool_rows()
@@ -73,7 +74,7 @@ def make_conditional(
         rng = random.Random(f"conditional:{seed}:{u}")
         picks.append({kind: rng.sample(by_kind[kind], need) for kind in template})
     texts = sorted({t for p in picks for texts in p.values() for t in texts})
-    answers = base_answers(texts, model)
+    answers = base_answers(texts, model, threads=threads)
     return build_conditional_rows(picks, templates, answers, per_kind, tests_per_kind, seed)
 
 

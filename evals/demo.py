@@ -57,7 +57,7 @@ def check(rows: Sequence[dict], rule: Any, model: Path, encoder_dir: Path | None
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
 
-    ppl = Perplexity(model, n_ctx=512, threads=threads)
+    ppl = Perplexity(model, n_ctx=512, threads=threads, casefold=rule.casefold)  # as calibrated
     try:
         perplexities = [ppl(r["input"], r["steered"]) for r in rows]
     finally:

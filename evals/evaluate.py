@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from evals.cache import RunCache, run_key
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
-from evals.datasets import LONGLAMP_MINI, load_longlamp
+from evals.datasets import LONGLAMP_MINI, UserTask, load_lamp, load_longlamp
 from evals.personas import DEFAULT_STYLES, load_pool, make_dataset
 from evals.run import Runner, Setting, UserData
 from evals.scoring import BASELINES, Scoring, by_group, summarize
@@ -100,8 +100,8 @@ class Evaluation:
         self.styles = {s.name: s for s in styles}
         self.encoder = Encoder(default_encoder_dir(), threads=args.threads)
         self.scoring = Scoring(self.styles, model, self.encoder, threads=args.threads,
-                               ppl_file=self.cache.folder / "perplexity.jsonl")  # fmt: skip
-        llm = open_llama(model, n_ctx=64)
+                               ppl_file=self.cache.folder / "perplexity-casefold.jsonl")  # fmt: skip
+        llm = open_llama(model, n_ctx=64, n_threads=args.threads)
         self.n_layer = n_layers(llm)
         llm.close()
         self.layers = sorted({max(1, min(self.n_layer - 1, round(f * self.n_layer)))
@@ -231,20 +231,11 @@ class Evaluation:
         return out
 
 
-def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
+def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
+                       results: dict[str, Any]) -> list[dict]:  # fmt: skip
+    """The synthetic benchmarks: one dev sweep, the fluency rule on their baselines, every
+    method on their test split, then personas-shift and longlamp-mini at the chosen setting."""
     args, plan = ev.args, ev.plan
-    benches: dict[str, list[UserData]] = {}
-    if "personas" not in args.skip:
-        rows = make_dataset(load_pool(), list(ev.styles.values()), ev.model, users=plan.users,
-                            history=plan.history, tests=plan.tests, seed=args.seed, shift=False)  # fmt: skip
-        benches["personas"] = users_of(rows)
-    if "conditional" not in args.skip:
-        rows = make_conditional(list(ev.styles.values()), ev.model, users=plan.users,
-                                per_kind=plan.per_kind, tests_per_kind=plan.tests_per_kind,
-                                seed=args.seed, spec=args.conditional)  # fmt: skip
-        benches["personas-conditional"] = users_of(rows)
-    if not benches:
-        raise FintsEdgeError("--skip left no persona benchmark to run")
     for name, users in benches.items():
         say(f"{name}: {len(users)} users, {sum(len(u.history) for u in users)} history items")
         ev.build_profiles(users, name, ev.layers)
@@ -278,23 +269,24 @@ def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
     say(f"chosen on dev: {best.label()}")
 
     say("test split, every method:")
-    results: dict[str, Any] = {
-        "sweep": {
-            "split": "dev",
-            "n": n_dev,
-            "tried": tried,
-            "chosen": best.to_json(),
-            "chosen_label": best.label(),
-            "baselines": {
-                m: summarize(
-                    [p for p in dev if p["method"] == m], [m], ev.scoring.metrics(True), 0, 0
-                )[m]
-                for m in BASELINES
-            },
-        },  # fmt: skip
-        "fluency_rule": rule.to_json(),
-        "benchmarks": {},
-    }
+    results.update(
+        {
+            "sweep": {
+                "split": "dev",
+                "n": n_dev,
+                "tried": tried,
+                "chosen": best.to_json(),
+                "chosen_label": best.label(),
+                "baselines": {
+                    m: summarize(
+                        [p for p in dev if p["method"] == m], [m], ev.scoring.metrics(True), 0, 0
+                    )[m]
+                    for m in BASELINES
+                },
+            },  # fmt: skip
+            "fluency_rule": rule.to_json(),
+        }
+    )
     all_preds = list(dev)
     for name, users in benches.items():
         test: list[dict] = []
@@ -331,6 +323,35 @@ def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
         all_preds += shift_benchmark(ev, best, results)
     if "longlamp" not in args.skip:
         all_preds += longlamp_benchmark(ev, best, results)
+    if args.lamp:
+        all_preds += lamp_benchmark(ev, best, results)
+    return all_preds
+
+
+def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
+    args, plan = ev.args, ev.plan
+    benches: dict[str, list[UserData]] = {}
+    if "personas" not in args.skip:
+        rows = make_dataset(load_pool(), list(ev.styles.values()), ev.model, users=plan.users,
+                            history=plan.history, tests=plan.tests, seed=args.seed, shift=False,
+                            threads=args.threads)  # fmt: skip
+        benches["personas"] = users_of(rows)
+    if "conditional" not in args.skip:
+        rows = make_conditional(list(ev.styles.values()), ev.model, users=plan.users,
+                                per_kind=plan.per_kind, tests_per_kind=plan.tests_per_kind,
+                                seed=args.seed, spec=args.conditional,
+                                threads=args.threads)  # fmt: skip
+        benches["personas-conditional"] = users_of(rows)
+    if not benches and "commits" in args.skip:
+        raise FintsEdgeError("--skip left no benchmark to run")
+    results: dict[str, Any] = {"benchmarks": {}}
+    all_preds: list[dict] = []
+    if benches:
+        all_preds += persona_benchmarks(ev, benches, results)
+    if "commits" not in args.skip:
+        from evals.commits_bench import commits_benchmark
+
+        all_preds += commits_benchmark(ev, results)
     results["failed_profiles"] = ev.failed_profiles
     results["cache"] = {"answers": len(ev.cache), "reused": ev.cache.reused}
     return results | {"predictions": all_preds}
@@ -363,7 +384,8 @@ def torch_profile_answers(ev: Evaluation, name: str, users: Sequence[UserData],
 def shift_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
     plan, args = ev.plan, ev.args
     rows = make_dataset(load_pool(), list(ev.styles.values()), ev.model, users=plan.shift_users,
-                        history=plan.history, tests=plan.tests, seed=args.seed + 1, shift=True)  # fmt: skip
+                        history=plan.history, tests=plan.tests, seed=args.seed + 1, shift=True,
+                        threads=args.threads)  # fmt: skip
     users = users_of(rows)
     ev.build_profiles(users, "shift", best.layers)
     recent = replace(best, half_life_days=max(1.0, plan.history / 4))  # timestamps a day apart
@@ -392,27 +414,48 @@ def longlamp_path(args: argparse.Namespace) -> Path:
     return path
 
 
-def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
-    tasks = load_longlamp(longlamp_path(ev.args))  # a missing or malformed file raises
-    users = [UserData(t.user, [{"input": h.input, "output": h.output} for h in t.history], [],
-                      [{"input": t.query, "output": t.target}]) for t in tasks]  # fmt: skip
-    ev.build_profiles(users, "longlamp", best.layers, rouge_threshold=0.2)
+def task_users(tasks: Sequence[UserTask]) -> list[UserData]:
+    """Published per-user tasks (LaMP, LongLaMP) as the evaluation's users: profile -> history,
+    the question -> one test row."""
+    return [UserData(t.user, [{"input": h.input, "output": h.output,
+                               "timestamp": None if h.timestamp != h.timestamp else h.timestamp}
+                              for h in t.history], [],
+                     [{"input": t.query, "output": t.target}]) for t in tasks]  # fmt: skip
+
+
+def text_benchmark(ev: Evaluation, best: Setting, results: dict, name: str,
+                   tasks: Sequence[UserTask], max_tokens: int,
+                   rouge_threshold: float) -> list[dict]:  # fmt: skip
+    """A published text benchmark (ROUGE only) at the setting the synthetic dev sweep chose."""
+    users = task_users(tasks)
+    ev.build_profiles(users, name, best.layers, rouge_threshold=rouge_threshold)
     assert ev.runner is not None
     old = ev.runner.exact.config.max_tokens
-    ev.runner.exact.configure(max_tokens=160)
+    ev.runner.exact.configure(max_tokens=max_tokens)
     try:
         preds: list[dict] = []
         for method in TEXT_METHODS:
-            preds += ev.answer("longlamp-mini", users, "test", method, best)
+            preds += ev.answer(name, users, "test", method, best)
     finally:
         ev.runner.exact.configure(max_tokens=old)
     ev.scoring.score(preds, ev.unsteered(preds))
-    results["benchmarks"]["longlamp-mini"] = {
+    results["benchmarks"][name] = {
         "users": len(users), "split": "test", "setting": best.label(),
         "methods": summarize(preds, TEXT_METHODS, ev.scoring.metrics(False), ev.args.bootstrap,
                              ev.args.seed),
     }  # fmt: skip
     return preds
+
+
+def longlamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
+    tasks = load_longlamp(longlamp_path(ev.args))  # a missing or malformed file raises
+    return text_benchmark(ev, best, results, "longlamp-mini", tasks, 160, 0.2)
+
+
+def lamp_benchmark(ev: Evaluation, best: Setting, results: dict) -> list[dict]:
+    """``--lamp QUESTIONS OUTPUTS``: the public LaMP-4 / LaMP-5 files, one user per question."""
+    tasks = load_lamp(*ev.args.lamp)
+    return text_benchmark(ev, best, results, "lamp", tasks, 48, 0.15)
 
 
 def resolve_model(given: Path | None) -> Path:
@@ -462,9 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--longlamp", type=Path, help="LongLaMP JSON (default: the shipped mini set, "
                    f"evals/data/{LONGLAMP_MINI.parent.name}/{LONGLAMP_MINI.name})")  # fmt: skip
+    p.add_argument("--lamp", nargs=2, type=Path, metavar=("QUESTIONS", "OUTPUTS"),
+                   help="also run a public LaMP-4 or LaMP-5 split (its questions and outputs "
+                   "JSON files, as published) at the setting the synthetic dev sweep chose")  # fmt: skip
     p.add_argument("--skip", nargs="+", default=[],
-                   choices=["personas", "conditional", "shift", "longlamp", "torch"],
+                   choices=["personas", "conditional", "shift", "longlamp", "commits", "torch"],
                    help="leave parts out")  # fmt: skip
+    p.add_argument("--commit-users", type=int,
+                   help="commits: authors, round-robin over the repositories (quick 6; --full: "
+                   "all 53)")  # fmt: skip
     p.add_argument("--threads", type=int, help="llama.cpp/encoder threads (default: up to 4)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("docs/eval"))
@@ -485,6 +534,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     styles = load_styles(args.styles)  # a bad spec fails before any model loads
     if "longlamp" not in args.skip:
         load_longlamp(longlamp_path(args))  # so does a missing or malformed LongLaMP file
+    if args.lamp:
+        if "personas" in args.skip and "conditional" in args.skip:
+            raise FintsEdgeError("--lamp runs at the synthetic dev sweep's setting: drop "
+                                 "--skip personas conditional (one of them is enough)")  # fmt: skip
+        load_lamp(*args.lamp)  # and bad LaMP files
     from fints_edge.llama.model import check_gguf
 
     model = check_gguf(resolve_model(args.model))

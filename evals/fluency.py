@@ -4,7 +4,9 @@ Why: strong steering can make every answer "adherent" and broken at once ("the h
 academy israel israel israel ..." is all lowercase). No judge model fits on a phone, so:
 - ``repetition``: the share of word 3-grams that repeat an earlier 3-gram of the same answer;
 - ``perplexity``: the answer's perplexity under the UNSTEERED model, prompted with the plain
-  zero-shot prompt for the input (llama.cpp logits of the same GGUF);
+  zero-shot prompt for the input (llama.cpp logits of the same GGUF); case-folded (prompt and
+  answer lowercased) in rules calibrated with ``casefold``: the unsteered model finds lowercase
+  proper nouns improbable, and the check must judge an answer's words, not the case style;
 - ``topic``: encoder cosine between the answer and the unsteered answer to the same input (the
   encoder is uncased, so case styles do not move it).
 :class:`FluencyRule` calibrates one bound per signal on answers that are fluent by construction
@@ -46,10 +48,12 @@ class Perplexity:
     Opens its own llama.cpp context with every position's logits (``logits_all``): the engine's
     contexts keep only the last row. Plain prompts for models without a chat template."""
 
-    def __init__(self, model: Path, *, n_ctx: int = 2048, threads: int | None = None) -> None:
+    def __init__(self, model: Path, *, n_ctx: int = 2048, threads: int | None = None,
+                 casefold: bool = True) -> None:  # fmt: skip
         from fints_edge.llama.model import open_llama
 
         self.llm = open_llama(model, n_ctx=n_ctx, n_threads=threads, logits_all=True)
+        self.casefold = casefold  # score lowercase prompt + lowercase answer
 
     def close(self) -> None:
         self.llm.close()
@@ -60,6 +64,8 @@ class Perplexity:
         from fints_edge.prompt import prompt_tokens
 
         llm = self.llm
+        if self.casefold:
+            text, answer = text.lower(), answer.lower()
         ids = prompt_tokens(llm, [{"role": "user", "content": text}])  # plain without a template
         ans = llm.tokenize(answer.encode(), add_bos=False, special=False)
         room = llm.n_ctx() - len(ids)
@@ -88,10 +94,11 @@ class FluencyRule:
     max_perplexity: float
     min_topic: float
     calibrated_on: int = 0  # how many baseline answers set the bounds
+    casefold: bool = False  # perplexities were case-folded (rules written before it: False)
 
     @classmethod
     def calibrate(cls, repetitions: Sequence[float], perplexities: Sequence[float],
-                  topics: Sequence[float]) -> FluencyRule:  # fmt: skip
+                  topics: Sequence[float], casefold: bool = True) -> FluencyRule:  # fmt: skip
         """The baselines' 95th percentile for repetition and perplexity, 5th for topic."""
         finite = [p for p in perplexities if np.isfinite(p)]
         if not finite or len(repetitions) == 0 or len(topics) == 0:
@@ -101,6 +108,7 @@ class FluencyRule:
             max_perplexity=float(np.percentile(finite, PERCENTILE)),
             min_topic=min(float(np.percentile(topics, 100 - PERCENTILE)), TOPIC_CAP),
             calibrated_on=len(repetitions),
+            casefold=casefold,
         )
 
     def failures(self, text: str, rep: float, ppl: float, topic: float) -> list[str]:

@@ -61,7 +61,10 @@ def load_pool_rows(folder: Path = POOL_DIR) -> list[dict[str, str]]:
 
 
 def base_answers(
-    inputs: Sequence[str], model: Path, max_tokens: int = DEFAULT_ANSWER_TOKENS
+    inputs: Sequence[str],
+    model: Path,
+    max_tokens: int = DEFAULT_ANSWER_TOKENS,
+    threads: int | None = None,
 ) -> dict[str, str]:
     """The model's greedy zero-shot answers; cached per model file, only missing ones computed."""
     from fints_edge.generate import complete
@@ -75,7 +78,7 @@ def base_answers(
     answers = _read_cache(cache)
     missing = [t for t in dict.fromkeys(inputs) if t not in answers]
     if missing:
-        llm = open_llama(model, n_ctx=1024)
+        llm = open_llama(model, n_ctx=1024, n_threads=threads)
         try:
             for text in tqdm(missing, desc="base answers", unit="input"):
                 prompt = prompt_tokens(llm, [{"role": "user", "content": text}])
@@ -114,10 +117,11 @@ def make_dataset(
     tests: int,
     seed: int,
     shift: bool,
+    threads: int | None = None,
 ) -> list[dict]:
     """Rows for ``users`` users; only the inputs they use get a base answer."""
     picks = pick_inputs(inputs, users, history + 2 * tests, seed)
-    answers = base_answers(sorted({t for p in picks for t in p}), model)
+    answers = base_answers(sorted({t for p in picks for t in p}), model, threads=threads)
     return build_rows(
         inputs, answers, styles, users=users, history=history, tests=tests, seed=seed, shift=shift
     )

@@ -33,8 +33,9 @@ from fints_edge.engine import Engine, EngineConfig, Plan
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import HistoryItem
 
-RAG_METHODS = {"rag-1": 1, "rag-2": 2, "rag-3": 3, "fints+rag-1": 1}
-STEERED = ("static", "random", "fints-cvec", "fints-exact", "fints+rag-1", "fints-recency")
+RAG_METHODS = {"rag-1": 1, "rag-2": 2, "rag-3": 3, "fints+rag-1": 1, "fints+rag-3": 3}
+STEERED = ("static", "random", "fints-cvec", "fints-exact", "fints+rag-1", "fints+rag-3",
+           "fints-recency")  # fmt: skip
 PREFIX_EXAMPLES = 3  # prefix-cached: as many examples as rag-3, chosen once per user
 
 

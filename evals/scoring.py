@@ -37,7 +37,7 @@ class Scoring:
         self.text = TextScorer()
         self.styles = styles
         self.encoder = encoder
-        self._ppl = Perplexity(model, threads=threads)
+        self._ppl = Perplexity(model, threads=threads)  # case-folded (evals/fluency.py)
         self._ppl_cache: dict[tuple[str, str], float] = {}
         self._ppl_file = ppl_file
         if ppl_file is not None and ppl_file.is_file():
@@ -93,6 +93,7 @@ class Scoring:
             [p["repetition"] for p in rows],
             [p["perplexity"] for p in rows],
             [p["topic"] for p in rows],
+            casefold=self._ppl.casefold,
         )
         return self.rule
 
@@ -114,8 +115,11 @@ def mean_of(preds: Sequence[dict], metric: str) -> float:
 
 
 def summarize(preds: Sequence[dict], methods: Sequence[str], metrics: Sequence[str],
-              bootstrap: int, seed: int, memory: Mapping[str, float] | None = None) -> dict:  # fmt: skip
-    """Per method: means, n, errors, cost, and paired-bootstrap differences (COMPARED_TO)."""
+              bootstrap: int, seed: int, memory: Mapping[str, float] | None = None, *,
+              primary: Sequence[str] = PRIMARY,
+              pairs: Sequence[tuple[str, str]] | None = None) -> dict:  # fmt: skip
+    """Per method: means, n, errors, cost, and paired-bootstrap differences of the ``primary``
+    metrics: against every method of COMPARED_TO, or only the (method, other) ``pairs``."""
     by: dict[str, dict[tuple[str, str], dict]] = defaultdict(dict)
     for p in preds:
         by[p["method"]][(p["user"], p["input"])] = p
@@ -140,9 +144,10 @@ def summarize(preds: Sequence[dict], methods: Sequence[str], metrics: Sequence[s
         for metric in metrics:
             vals = np.array([r.get(metric, np.nan) for r in rows], dtype=np.float64)
             entry[metric] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
-            if metric not in PRIMARY:
+            if metric not in primary:
                 continue
-            for other in COMPARED_TO:
+            others = COMPARED_TO if pairs is None else [o for m, o in pairs if m == method]
+            for other in others:
                 if other == method or other not in by or not all(k in by[other] for k in keys):
                     continue
                 ref = np.array([by[other][k][metric] for k in keys], dtype=np.float64)

@@ -289,6 +289,11 @@ def config_from_args(args: argparse.Namespace, base: EngineConfig = DEFAULTS) ->
     sites = getattr(args, "sites", None)
     if sites and sites != "both":
         values["sites"] = parse_sites(sites)
+    table, mode = knobs(), values.get("mode", base.mode)
+    for name, value in values.items():  # asked for by flag: refused even at the default value
+        k = table[name][0]
+        if k.exact_only and mode != "exact" and value:
+            raise FintsEdgeError(f"{_label(name, k)} acts inside the graph: it needs --mode exact")
     return check_config(replace(base, **values))
 
 

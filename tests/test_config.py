@@ -104,3 +104,13 @@ def test_a_requests_knobs_go_over_the_servers_defaults_and_nothing_else():
     got = parse_request_knobs({"strength": 1, "rag": 2, "max_tokens": 1000}, base)
     assert (got.k, got.strength, got.rag, got.max_tokens) == (5, 1.0, 2, 9)
     assert isinstance(got.strength, float)
+
+
+def test_a_graph_only_flag_given_with_the_control_vector_is_refused_even_at_its_default():
+    from fints_edge.chat import build_parser
+
+    args = build_parser().parse_args(["--profile", "p", "--mode", "cvec", "--opening-scale", "1"])
+    with pytest.raises(FintsEdgeError, match="--opening-scale acts inside the graph"):
+        config_from_args(args)
+    quiet = build_parser().parse_args(["--profile", "p", "--mode", "cvec"])
+    assert config_from_args(quiet).mode == "cvec"

@@ -212,3 +212,23 @@ def test_longlamp_refusals_name_the_file(tmp_path, content, needle):
     with pytest.raises(FintsEdgeError, match=needle) as e:
         load_longlamp(path)
     assert "ll.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_lamp_path_of_the_cli_reads_the_published_layout(tmp_path, capsys):
+    """`python -m evals --lamp QUESTIONS OUTPUTS`: the files become one user per question
+    (profile -> history, the question -> one test row); bad files stop the run before any model
+    loads, with one error line."""
+    from evals import evaluate
+
+    assert "--lamp" in evaluate.build_parser().format_help()
+    args = evaluate.build_parser().parse_args(["--lamp", str(QUESTIONS), str(OUTPUTS)])
+    users = evaluate.task_users(load_lamp(*args.lamp))
+    assert [u.user for u in users] == ["310", "311"]
+    assert [len(u.history) for u in users] == [2, len(load_lamp(QUESTIONS, OUTPUTS)[1].history)]
+    assert users[0].history[1]["timestamp"] is None  # an undated item stays undated
+    assert len(users[0].test) == 1 and users[0].test[0]["output"]
+    assert users[0].items()[0].output == "ferry to ostra starts in may"
+    missing = tmp_path / "none.json"
+    assert evaluate.main(["--lamp", str(missing), str(OUTPUTS), "--skip", "longlamp"]) == 1
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err and len(err.strip().splitlines()) == 1

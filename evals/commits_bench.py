@@ -1,0 +1,195 @@
+"""The ``commits`` benchmark in the evaluation: real people's commit subjects, the paper's
+configuration (top-k history in the prompt AND steering) as the central comparison.
+
+Per author (evals/data/commits): on-device profiles from the history split; the fluency rule
+calibrated on this benchmark's own dev baselines (zero-shot, rag-1, rag-3); the steering setting
+chosen on its own dev split, separately for steering alone (``fints-exact``) and for steering on
+top of RAG (``fints+rag-k``), by ROUGE-L of fluent answers (a broken answer scores 0); then every
+method once on the test split. The answer is its first line. Scores: ROUGE-1/L F against what
+the author wrote, and style agreement (prefix, first-letter case, trailing period as in gold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evals.commits import first_line, load_commits, style_agreement
+from evals.run import Setting, UserData
+from evals.scoring import summarize
+from fints_edge.config import DEFAULTS
+from fints_edge.layers import default_layer
+
+if TYPE_CHECKING:
+    from evals.evaluate import Evaluation
+
+NAME = "commits"
+METHODS = ("zero-shot", "rag-1", "rag-3", "static", "random", "fints-exact", "fints+rag-1",
+           "fints+rag-3")  # fmt: skip
+BASELINES = ("zero-shot", "rag-1", "rag-3")
+# (method, compared with): the paper's claim first, then steering alone at 0 prompt tokens
+PAIRS = (("fints+rag-1", "rag-1"), ("fints+rag-3", "rag-3"), ("fints-exact", "zero-shot"),
+         ("fints+rag-1", "rag-3"), ("fints-exact", "static"), ("fints-exact", "random"))  # fmt: skip
+STYLE = ("prefix", "case", "period")
+METRICS = ("rouge1", "rougeL", "style", *STYLE, "fluent", "rougeL_fluent", "repetition", "topic")
+MAX_TOKENS = 32  # a subject line; the answer is cut at its first line anyway
+QUICK_USERS = 6  # one author per repository, round-robin; --full: every author
+# dev candidates around the product default: strength (residual units) x prompt strength
+DEV_STRENGTHS = (0.0625, 0.125, 0.25)
+DEV_PROMPT = (1.0, 0.0)
+
+
+def shipped(n_layer: int) -> Setting:
+    """The chat's global default (fints_edge.config) as an evaluation setting."""
+    d = DEFAULTS
+    return Setting(
+        (default_layer(n_layer),),
+        d.strength,
+        k=d.k,
+        sites=("attn",),
+        strength_unit=d.strength_unit,
+        item_norm=d.item_norm,
+        prompt_strength=d.prompt_strength,
+        repeat_fade=d.repeat_fade,
+        block_repeats=d.block_repeats,
+        opening_strength=d.strength * d.opening_scale,
+    )
+
+
+def candidates(n_layer: int) -> list[Setting]:
+    base = shipped(n_layer)
+    out = [replace(base, strength=s, opening_strength=s * DEFAULTS.opening_scale,
+                   prompt_strength=p) for p in DEV_PROMPT for s in DEV_STRENGTHS]  # fmt: skip
+    return sorted(set(out), key=lambda s: (-s.prompt_strength, s.strength))
+
+
+def pick_users(n: int | None) -> list[UserData]:
+    """``n`` authors taken round-robin over the repositories (all with ``None``)."""
+    users = load_commits()
+    by_repo: dict[str, list[str]] = {}
+    for name, u in users.items():
+        by_repo.setdefault(u.repo, []).append(name)
+    order: list[str] = []
+    for i in range(max(len(v) for v in by_repo.values())):
+        order += [names[i] for _, names in sorted(by_repo.items()) if i < len(names)]
+    out = []
+    for name in order[:n] if n else order:
+        u = users[name]
+        history = [{"input": h.input, "output": h.output, "timestamp": h.timestamp}
+                   for h in u.history]  # fmt: skip
+        out.append(UserData(name, history, [{"input": i, "output": o} for i, o in u.dev],
+                            [{"input": i, "output": o} for i, o in u.test]))  # fmt: skip
+    return out
+
+
+def first_lines(preds: list[dict]) -> list[dict]:
+    """The answer is its first line (the rest is kept as ``raw``)."""
+    for p in preds:
+        if "raw" not in p:
+            p["raw"] = p["prediction"]
+            p["prediction"] = first_line(p["prediction"])
+    return preds
+
+
+def score(ev: Evaluation, preds: list[dict], unsteered: dict) -> list[dict]:
+    """ROUGE, fluency and style agreement of first-line answers."""
+    first_lines(preds)
+    ev.scoring.score(preds, unsteered)
+    for p in preds:
+        agree = style_agreement(p["prediction"], p["reference"])
+        for k in STYLE:
+            p[k] = float(agree[k])
+        p["style"] = float(np.mean([p[k] for k in STYLE]))
+        if "fluent" in p:
+            p["rougeL_fluent"] = p["rougeL"] * p["fluent"]
+    return preds
+
+
+def _objective(preds: Sequence[dict]) -> tuple[float, float]:
+    return (float(np.mean([p["rougeL_fluent"] for p in preds])),
+            float(np.mean([p["fluent"] for p in preds])))  # fmt: skip
+
+
+def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
+    from evals.evaluate import say
+
+    users = pick_users(None if ev.args.full else (ev.args.commit_users or QUICK_USERS))
+    ev.build_profiles(users, NAME, ev.layers)
+    assert ev.runner is not None
+    unsteered_of = ev.unsteered
+    old_rule, old_tokens = ev.scoring.rule, ev.runner.exact.config.max_tokens
+    ev.runner.exact.configure(max_tokens=MAX_TOKENS)
+    try:
+        neutral = Setting((ev.layers[0],), 0.0)
+        dev: list[dict] = []
+        for method in BASELINES:
+            dev += ev.answer(NAME, users, "dev", method, neutral)
+        ev.scoring.rule = None
+        first_lines(dev)
+        score(ev, dev, unsteered_of(dev))
+        rule = ev.scoring.calibrate(dev)
+        ev.scoring.judge(dev)
+        score(ev, dev, unsteered_of(dev))
+        say(f"{NAME}: fluency rule {rule}")
+        chosen, tried = {}, []
+        for family, method in (("steer", "fints-exact"), ("rag", "fints+rag-1")):
+            best, best_score = None, (-1.0, -1.0)
+            for s in candidates(ev.n_layer):
+                got = score(ev, ev.answer(NAME, users, "dev", method, s,
+                                          desc=f"{NAME} dev {method} {s.label()}"),
+                            unsteered_of(dev))  # fmt: skip
+                sc = _objective(got)
+                tried.append({"family": family, "method": method, "label": s.label(),
+                              "setting": s.to_json(), "rougeL_fluent": sc[0], "fluent": sc[1],
+                              "rougeL": float(np.mean([p["rougeL"] for p in got])),
+                              "n": len(got)})  # fmt: skip
+                if sc > best_score:
+                    best, best_score = s, sc
+                dev += got
+            assert best is not None
+            chosen[family] = best
+            say(f"{NAME}: chosen on dev for {method}: {best.label()} (ROUGE-L of fluent "
+                f"answers {best_score[0]:.3f})")  # fmt: skip
+        test: list[dict] = []
+        for method in METHODS:
+            s = chosen["rag"] if method.startswith("fints+rag") else chosen["steer"]
+            test += ev.answer(NAME, users, "test", method, s)
+        first_lines(test)
+        score(ev, test, unsteered_of(test))
+    finally:
+        ev.runner.exact.configure(max_tokens=old_tokens)
+        ev.scoring.rule = old_rule
+    table = summarize(test, METHODS, METRICS, ev.args.bootstrap, ev.args.seed,
+                      primary=("rouge1", "rougeL", "style"), pairs=PAIRS)  # fmt: skip
+    results["benchmarks"][NAME] = {
+        "users": len([u for u in users if u.user in ev.profiles]),
+        "items": {"history": sum(len(u.history) for u in users),
+                  "dev": sum(len(u.dev) for u in users), "test": sum(len(u.test) for u in users)},
+        "split": "test",
+        "fluency_rule": rule.to_json(),
+        "dev": {"tried": tried, "chosen": {f: s.to_json() for f, s in chosen.items()},
+                "chosen_label": {f: s.label() for f, s in chosen.items()},
+                "shipped_label": shipped(ev.n_layer).label()},
+        "setting": {f: s.label() for f, s in chosen.items()},
+        "methods": table,
+        "examples": examples(test, users),
+        "errors": [{"method": p["method"], "user": p["user"], "error": p["error"]}
+                   for p in test if p.get("error")],
+    }  # fmt: skip
+    return dev + test
+
+
+def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,
+             n_users: int = 4) -> list[dict[str, Any]]:  # fmt: skip
+    """For a few authors, one test commit: gold and what each method wrote."""
+    shown = ("zero-shot", "rag-1", "fints+rag-1", "fints-exact")
+    by = {(p["user"], p["input"], p["method"]): p["prediction"] for p in test}
+    out = []
+    for u in users[:n_users]:
+        for row in u.test[:per_user]:
+            out.append({"user": u.user, "gold": row["output"],
+                        **{m: by.get((u.user, row["input"], m)) for m in shown}})  # fmt: skip
+    return out

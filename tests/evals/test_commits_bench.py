@@ -1,0 +1,95 @@
+"""The commits benchmark's wiring, without a model: authors, dev candidates, the paired
+comparisons, the report section, and a commits-only run merging into earlier results."""
+
+from __future__ import annotations
+
+import json
+
+from evals.commits_bench import PAIRS, candidates, pick_users, shipped
+from evals.report import commits_lines, write_outputs
+from evals.scoring import summarize
+from fints_edge.config import DEFAULTS
+
+
+def test_quick_authors_are_taken_round_robin_over_repositories():
+    users = pick_users(6)
+    repos = {u.user.split("-author-")[0] for u in users}
+    assert len(users) == 6 and len(repos) == 6  # one author of each repository
+    u = users[0]
+    assert len(u.history) >= 27 and len(u.dev) == 8 and len(u.test) == 12
+    assert all(h["timestamp"] <= u.history[-1]["timestamp"] for h in u.history)
+    assert len(pick_users(None)) == 53
+
+
+def test_the_dev_candidates_include_the_chats_default():
+    base = shipped(30)
+    assert base.layers == (20,) and base.strength == DEFAULTS.strength and base.k == DEFAULTS.k
+    assert base.engine_config()["opening_scale"] == DEFAULTS.opening_scale
+    assert base in candidates(30)
+    assert {s.prompt_strength for s in candidates(30)} == {0.0, 1.0}
+
+
+def _pred(method, user, i, rouge):
+    return {"method": method, "user": user, "input": f"in {i}", "rougeL": rouge, "rouge1": rouge,
+            "style": 1.0, "benchmark": "commits"}  # fmt: skip
+
+
+def test_only_the_declared_pairs_are_compared():
+    preds = [_pred(m, "u", i, r + 0.01 * i) for i in range(10)
+             for m, r in (("rag-1", 0.2), ("fints+rag-1", 0.3), ("zero-shot", 0.1),
+                          ("fints-exact", 0.1))]  # fmt: skip
+    t = summarize(preds, ["rag-1", "fints+rag-1", "fints-exact", "zero-shot"], ["rougeL"], 200,
+                  0, primary=("rougeL",), pairs=PAIRS)  # fmt: skip
+    assert set(k for k in t["fints+rag-1"] if "_vs_" in k) == {"rougeL_vs_rag-1"}
+    assert abs(t["fints+rag-1"]["rougeL_vs_rag-1"]["diff"] - 0.1) < 1e-9
+    assert set(k for k in t["fints-exact"] if "_vs_" in k) == {"rougeL_vs_zero-shot"}
+    assert not [k for k in t["rag-1"] if "_vs_" in k]
+
+
+def _bench():
+    methods = {
+        "rag-1": {"n": 2, "rougeL": 0.2},
+        "fints+rag-1": {
+            "n": 2,
+            "rougeL": 0.25,
+            "rougeL_vs_rag-1": {"diff": 0.05, "ci95": [-0.01, 0.1]},
+        },
+    }
+    return {"users": 1, "items": {"history": 30, "dev": 8, "test": 12},
+            "fluency_rule": {"calibrated_on": 24, "max_repetition": 0.1, "max_perplexity": 9.0,
+                             "min_topic": 0.4},
+            "dev": {"tried": [{"method": "fints+rag-1", "label": "L", "rougeL_fluent": 0.2,
+                               "fluent": 0.9}],
+                    "chosen_label": {"steer": "S", "rag": "R"}, "shipped_label": "D"},
+            "setting": {"steer": "S", "rag": "R"}, "methods": methods,
+            "examples": [{"user": "u", "gold": "net/http: fix | it", "zero-shot": "x",
+                          "rag-1": "y", "fints+rag-1": "z", "fints-exact": None}]}  # fmt: skip
+
+
+def test_the_report_section_shows_the_paired_comparison_and_examples():
+    text = "\n".join(commits_lines(_bench()))
+    assert "| fints+rag-1 | 2 |" in text and "rag-1 | +0.05 [-0.01, +0.10]" in text
+    assert "net/http: fix / it" in text  # a table cell never breaks the table
+    assert "steering alone **S**" in text and "on top of RAG **R**" in text
+
+
+def test_a_commits_only_run_keeps_the_synthetic_results(tmp_path, monkeypatch):
+    old = {"sweep": {"chosen_label": "x"}, "fluency_rule": {}, "benchmarks": {"personas": {}},
+           "command": "python -m evals", "seconds": 1.0}  # fmt: skip
+    results = {"format": "fints-edge-eval", "version": 2, "models": {"m.gguf": old}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    import evals.report as report
+
+    pred_file = report.predictions_file(tmp_path, "m.gguf")
+    pred_file.parent.mkdir()
+    pred_file.write_text(json.dumps({"benchmark": "personas", "x": 1}) + "\n")
+    calls = []
+    monkeypatch.setattr(report, "render_all", lambda _out, r=None: calls.append(r))
+    new = {"benchmarks": {"commits": _bench()}, "command": "python -m evals --skip personas",
+           "seconds": 2.0}  # fmt: skip
+    write_outputs(tmp_path, "m.gguf", new, [{"benchmark": "commits", "y": 2}])
+    entry = calls[0]["models"]["m.gguf"]
+    assert set(entry["benchmarks"]) == {"personas", "commits"} and entry["sweep"]
+    assert entry["runs"]["commits"]["command"].endswith("--skip personas")
+    kept = [json.loads(x) for x in pred_file.read_text().splitlines()]
+    assert [p["benchmark"] for p in kept] == ["personas", "commits"]
