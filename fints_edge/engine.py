@@ -22,7 +22,7 @@ from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import RepeatBlock, RepeatFade
 from fints_edge.generate import Finish, Generation
-from fints_edge.history import HistoryItem
+from fints_edge.history import HistoryItem, surrogate_at
 from fints_edge.index import Index
 from fints_edge.llama.context import forget_tokens
 from fints_edge.llama.inject import applied, open_steerable
@@ -309,11 +309,10 @@ def checked_text(text: object, what: str = "input") -> str:
     which the tokenizers would reject with a TypeError."""
     if not isinstance(text, str):
         raise FintsEdgeError(f"the {what} must be text, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
+    at = surrogate_at(text)
+    if at is not None:
         raise FintsEdgeError(
-            f"the {what} is not valid Unicode (a lone surrogate at character {e.start}); "
+            f"the {what} is not valid Unicode (a lone surrogate at character {at}); "
             "send UTF-8 text"
-        ) from None
+        )
     return text

@@ -113,16 +113,22 @@ def _parse_line(line: str, where: str) -> HistoryItem:
     )
 
 
+def surrogate_at(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (None: UTF-8 can carry it). JSON can spell them
+    ("\\ud800"); no UTF-8 file, profile or tokenizer takes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
 def _check_unicode(value: object, key: str, where: str) -> None:
-    """JSON can spell lone surrogates (\\ud800) that no UTF-8 file, and so no profile, can hold."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise HistoryError(
-                f"{where}: '{key}' holds {value[e.start]!r}, half of a UTF-16 surrogate pair "
-                "and not text; fix the \\u escape"
-            ) from None
+    if isinstance(value, str) and (at := surrogate_at(value)) is not None:
+        raise HistoryError(
+            f"{where}: '{key}' holds {value[at]!r}, half of a UTF-16 surrogate pair "
+            "and not text; fix the \\u escape"
+        )
 
 
 def _timestamp(value: object, where: str) -> float:

@@ -93,3 +93,14 @@ def test_a_commits_only_run_keeps_the_synthetic_results(tmp_path, monkeypatch):
     assert entry["runs"]["commits"]["command"].endswith("--skip personas")
     kept = [json.loads(x) for x in pred_file.read_text().splitlines()]
     assert [p["benchmark"] for p in kept] == ["personas", "commits"]
+
+
+def test_a_results_file_with_only_the_real_data_benchmark_renders():
+    from evals.report import render
+
+    entry = {"model": {"sha256": "ab", "n_layer": 30}, "command": "python -m evals --skip x",
+             "seconds": 60.0, "cache": {"reused": 0, "answers": 10},
+             "benchmarks": {"commits": _bench()}}  # fmt: skip
+    text = render({"models": {"m.gguf": entry}}, {})
+    assert "## m.gguf" in text and "### commits: real commit subjects" in text
+    assert "Setting chosen on dev" not in text  # no synthetic sweep ran
