@@ -2,7 +2,8 @@
 
 ``export.static_encoder`` distils the rows from the transformer once (torch, offline); here a
 text is tokenized with the folder's own tokenizer, its rows are averaged and the mean is
-L2-normalised, in numpy: ~0.1 ms a query instead of a transformer forward pass. The steps
+L2-normalised, in numpy: a table look-up instead of a transformer forward pass (``make
+bench`` times both). The steps
 follow model2vec 0.9's ``StaticModel.encode`` exactly (no special tokens, unknown tokens
 dropped, the text cut to ``max_chars`` characters and ``max_length`` tokens), so the folder
 embeds as model2vec does. One deliberate difference: a text with no known token (empty, or

@@ -312,7 +312,6 @@ def checked_text(text: object, what: str = "input") -> str:
     at = surrogate_at(text)
     if at is not None:
         raise FintsEdgeError(
-            f"the {what} is not valid Unicode (a lone surrogate at character {at}); "
-            "send UTF-8 text"
+            f"the {what} is not valid Unicode (a lone surrogate at character {at}); send UTF-8 text"
         )
     return text

@@ -148,8 +148,8 @@ def chat_prompt(
 
 @functools.lru_cache(maxsize=8)
 def chat_formatter(template: str, eos: str, bos: str) -> Any:
-    """The compiled chat template (compiling costs ~2.4 ms, rendering ~0.01 ms, and
-    ``fints_edge.prompt.prompt_tokens`` renders twice per prompt)."""
+    """The compiled chat template: compiling costs far more than rendering, and
+    ``fints_edge.prompt.prompt_tokens`` renders twice per prompt."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)

@@ -1,7 +1,7 @@
 """The optional C eval filter (``c_src/eval_filter.c``): exact mode without Python in every node.
 
-llama.cpp asks the eval callback about each graph node; answered in Python that costs ~8% of
-decode speed. The filter answers in C from a list of tensor names and calls Python only for those.
+llama.cpp asks the eval callback about each graph node; answered in Python that costs decode
+speed (``make bench``: ``exact_python`` against ``exact``). The filter answers in C from a list of tensor names and calls Python only for those.
 It is compiled once by ``python -m fints_edge.llama.native build`` (``make setup`` runs it) into the
 cache folder, keyed by its source, and loaded with ctypes. Without a C compiler everything still
 works: the injector answers in Python. ``FINTS_EDGE_NATIVE=0`` turns the filter off.
@@ -73,7 +73,7 @@ def _compiler() -> list[str]:
             return cmd
     raise FintsEdgeError(
         f"no C compiler ({', '.join(c for c in choices if c)}) found: the exact mode stays on its "
-        "Python filter (about 8% slower decode); install a C compiler (e.g. `apt install gcc`, "
+        "Python filter (slower decode: `make bench`, exact_python); install a C compiler (e.g. `apt install gcc`, "
         "Termux: `pkg install clang`) or set CC"
     )
 
