@@ -222,7 +222,9 @@ def render_eval(results: dict | None) -> list[str]:
                 *_method_table(bb),
                 "",
             ]
-        others = [b for b in benchmarks if b not in ADHERENCE_BENCHMARKS]
+        if "commits" in benchmarks:
+            lines += [*_commits_table(benchmarks["commits"], m.get("runs", {}).get("commits")), ""]
+        others = [b for b in benchmarks if b not in ADHERENCE_BENCHMARKS and b != "commits"]
         if others:
             lines += [
                 "Also in this run (tables in docs/eval/README.md): "
@@ -247,6 +249,32 @@ def render_eval(results: dict | None) -> list[str]:
             "evals.demo --record` records its fluency check there.",
             "",
         ]
+    return lines
+
+
+def _commits_table(b: dict, run: dict | None) -> list[str]:
+    """Real commit subjects: ROUGE-L with the paired comparison the benchmark declares."""
+    how = f" (`{run['command']}`, {run['seconds'] / 60:.0f} min)" if run else ""
+    lines = [
+        f"`commits` (real commit subjects of {b['users']} authors){how}, {b['split']} split, "
+        f"{b['items']['test']} commits; steering alone at `{b['setting']['steer']}`, on top of "
+        f"RAG at `{b['setting']['rag']}` (each chosen on its own dev split):",
+        "",
+        "| method | ROUGE-L | ROUGE-1 | style agreement | fluent | added prompt tokens | "
+        "ROUGE-L difference [95% interval] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in b["methods"].items():
+        diffs = [
+            f"vs {k[len('rougeL_vs_') :]} {v['diff']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
+            for k, v in e.items()
+            if k.startswith("rougeL_vs_")
+        ]
+        added = e.get("added_prompt_tokens")
+        lines.append(
+            f"| {name} | {e['rougeL']:.3f} | {e['rouge1']:.3f} | {e['style']:.2f} | "
+            f"{e['fluent']:.2f} | {'' if added is None else f'{added:.0f}'} | {'; '.join(diffs)} |"
+        )
     return lines
 
 
