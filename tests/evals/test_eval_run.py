@@ -75,8 +75,8 @@ def eval_cache(tmp_path, monkeypatch, onnx_encoder_dir, onnx_aggregator_path):
 
 
 ARGS = ["--users", "2", "--history", "2", "--tests", "2", "--per-kind", "2",
-        "--tests-per-kind", "1", "--skip", "shift", "longlamp", "torch", "--bootstrap", "50",
-        "--threads", "1"]  # fmt: skip
+        "--tests-per-kind", "1", "--skip", "shift", "longlamp", "commits", "torch", "--bootstrap",
+        "50", "--threads", "1"]  # fmt: skip
 
 
 @pytest.mark.usefixtures("eval_cache")
@@ -209,3 +209,27 @@ def test_replay_of_the_sweep_log_reaches_the_sweeps_own_choice():
         adopted = [t for t in decided if t["adopted"]]
         assert adopted and adopted[-1]["setting"] == best.to_json()
         assert all(t["best_before"] is not None for t in decided if t["stage"] != "layer")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("eval_cache")
+def test_the_commits_benchmark_alone_on_the_tiny_model(tiny, tmp_path):
+    """One author end to end: its own fluency rule and dev choice, every method with ROUGE and
+    the paired comparisons of the paper's configuration."""
+    out = tmp_path / "eval"
+    argv = ["--model", str(tiny.gguf_path), "--out", str(out), "--skip", "personas",
+            "conditional", "shift", "longlamp", "torch", "--commit-users", "1", "--bootstrap",
+            "50", "--threads", "1"]  # fmt: skip
+    assert evals_main(argv) == 0
+    entry = json.loads((out / "results.json").read_text())["models"][tiny.gguf_path.name]
+    b = entry["benchmarks"]["commits"]
+    assert set(b["methods"]) == {"zero-shot", "rag-1", "rag-3", "static", "random",
+                                 "fints-exact", "fints+rag-1", "fints+rag-3"}  # fmt: skip
+    for name, e in b["methods"].items():
+        assert e["n"] == 12 and 0.0 <= e["rougeL"] <= 1.0 and 0.0 <= e["rouge1"] <= 1.0, name
+    assert "rougeL_vs_rag-3" in b["methods"]["fints+rag-3"]
+    assert "rougeL_vs_rag-1" in b["methods"]["fints+rag-1"]
+    assert (
+        b["methods"]["rag-3"]["added_prompt_tokens"] > b["methods"]["rag-1"]["added_prompt_tokens"]
+    )
+    assert set(b["dev"]["chosen"]) == {"steer", "rag"} and b["fluency_rule"]["casefold"]
