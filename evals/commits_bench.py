@@ -95,8 +95,8 @@ def first_lines(preds: list[dict]) -> list[dict]:
 
 
 def score(ev: Evaluation, preds: list[dict], unsteered: dict) -> list[dict]:
-    """ROUGE, fluency and style agreement of first-line answers."""
-    first_lines(preds)
+    """ROUGE, fluency and style agreement of answers already cut to their first line (the
+    unsteered answers the topic signal compares with are first lines too)."""
     ev.scoring.score(preds, unsteered)
     for p in preds:
         agree = style_agreement(p["prediction"], p["reference"])
@@ -119,7 +119,6 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
     users = pick_users(None if ev.args.full else (ev.args.commit_users or QUICK_USERS))
     ev.build_profiles(users, NAME, ev.layers)
     assert ev.runner is not None
-    unsteered_of = ev.unsteered
     old_rule, old_tokens = ev.scoring.rule, ev.runner.exact.config.max_tokens
     ev.runner.exact.configure(max_tokens=MAX_TOKENS)
     try:
@@ -129,18 +128,17 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
             dev += ev.answer(NAME, users, "dev", method, neutral)
         ev.scoring.rule = None
         first_lines(dev)
-        score(ev, dev, unsteered_of(dev))
+        score(ev, dev, ev.unsteered(dev))
         rule = ev.scoring.calibrate(dev)
-        ev.scoring.judge(dev)
-        score(ev, dev, unsteered_of(dev))
+        score(ev, dev, ev.unsteered(dev))  # judged by the rule now: fluent, ROUGE-L of fluent
         say(f"{NAME}: fluency rule {rule}")
         chosen, tried = {}, []
         for family, method in (("steer", "fints-exact"), ("rag", "fints+rag-1")):
             best, best_score = None, (-1.0, -1.0)
             for s in candidates(ev.n_layer):
-                got = score(ev, ev.answer(NAME, users, "dev", method, s,
-                                          desc=f"{NAME} dev {method} {s.label()}"),
-                            unsteered_of(dev))  # fmt: skip
+                got = first_lines(ev.answer(NAME, users, "dev", method, s,
+                                            desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
+                score(ev, got, ev.unsteered(dev))
                 sc = _objective(got)
                 tried.append({"family": family, "method": method, "label": s.label(),
                               "setting": s.to_json(), "rougeL_fluent": sc[0], "fluent": sc[1],
@@ -158,7 +156,7 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
             s = chosen["rag"] if method.startswith("fints+rag") else chosen["steer"]
             test += ev.answer(NAME, users, "test", method, s)
         first_lines(test)
-        score(ev, test, unsteered_of(test))
+        score(ev, test, ev.unsteered(test))
     finally:
         ev.runner.exact.configure(max_tokens=old_tokens)
         ev.scoring.rule = old_rule

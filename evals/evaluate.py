@@ -16,6 +16,7 @@ plots are regenerated from that file.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -418,7 +419,7 @@ def task_users(tasks: Sequence[UserTask]) -> list[UserData]:
     """Published per-user tasks (LaMP, LongLaMP) as the evaluation's users: profile -> history,
     the question -> one test row."""
     return [UserData(t.user, [{"input": h.input, "output": h.output,
-                               "timestamp": None if h.timestamp != h.timestamp else h.timestamp}
+                               "timestamp": None if math.isnan(h.timestamp) else h.timestamp}
                               for h in t.history], [],
                      [{"input": t.query, "output": t.target}]) for t in tasks]  # fmt: skip
 

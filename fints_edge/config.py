@@ -156,8 +156,8 @@ def check_config(c: EngineConfig) -> EngineConfig:
     for name, (k, default) in knobs().items():
         _check_type(name, getattr(c, name), k, default)
         check_value(name, getattr(c, name), k)
-        if k.exact_only and c.mode != "exact" and getattr(c, name) and getattr(c, name) != default:
-            raise FintsEdgeError(f"{_label(name, k)} acts inside the graph: it needs --mode exact")
+        if getattr(c, name) != default:  # the default of a graph-only knob is cvec's too
+            _check_mode(name, getattr(c, name), k, c.mode)
     if c.block_repeats == 1:
         raise FintsEdgeError(
             f"block_repeats {c.block_repeats}: an n-gram size of 2 or more, or 0 (off)"
@@ -167,6 +167,12 @@ def check_config(c: EngineConfig) -> EngineConfig:
         if bad or not c.sites:
             raise FintsEdgeError(f"sites {c.sites}: choose among {', '.join(get_args(Site))}")
     return c
+
+
+def _check_mode(name: str, value: Any, k: Knob, mode: str) -> None:
+    """A graph-only knob set (truthy) needs the eval callback."""
+    if k.exact_only and mode != "exact" and value:
+        raise FintsEdgeError(f"{_label(name, k)} acts inside the graph: it needs --mode exact")
 
 
 def _check_type(name: str, value: Any, k: Knob, default: Any) -> None:
@@ -291,9 +297,7 @@ def config_from_args(args: argparse.Namespace, base: EngineConfig = DEFAULTS) ->
         values["sites"] = parse_sites(sites)
     table, mode = knobs(), values.get("mode", base.mode)
     for name, value in values.items():  # asked for by flag: refused even at the default value
-        k = table[name][0]
-        if k.exact_only and mode != "exact" and value:
-            raise FintsEdgeError(f"{_label(name, k)} acts inside the graph: it needs --mode exact")
+        _check_mode(name, value, table[name][0], mode)
     return check_config(replace(base, **values))
 
 
