@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "web_app.png"
 WAIT = 60  # seconds, the bound on every wait below
+PACE = 0.04  # seconds between streamed tokens in the browser tests (see `paced`)
 
 
 @pytest.fixture
@@ -48,6 +49,24 @@ def browser():
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def paced(monkeypatch):
+    """Each streamed piece is emitted PACE seconds after the last, so that "the text grows in
+    several steps" does not depend on this machine's speed: a fast CPU finishes the tiny model's
+    12 tokens before the browser renders once (seen on CI: the page went 0 -> 57 characters)."""
+    import time
+
+    from fints_edge.serve.worker import Job
+
+    emit = Job.emit
+
+    def slower(self, piece: str) -> None:
+        time.sleep(PACE)  # on the worker thread: generation waits, the event loop does not
+        emit(self, piece)
+
+    monkeypatch.setattr(Job, "emit", slower)
 
 
 def server_answer(url: str, text: str, user: str, steer: bool) -> str:
@@ -175,7 +194,7 @@ def run_flow(driver, url: str, user: str, text: str, wanted: str, screenshot: Pa
     )
 
 
-def test_the_web_app_at_phone_size(make_settings, browser, tmp_path):  # noqa: F811
+def test_the_web_app_at_phone_size(make_settings, browser, paced, tmp_path):  # noqa: F811
     settings = make_settings(strength=40.0, max_tokens=12)
     with live_server(settings) as (url, _):
         shot = tmp_path / "web_app.png"
@@ -193,7 +212,7 @@ def test_the_web_app_at_phone_size(make_settings, browser, tmp_path):  # noqa: F
 
 @pytest.mark.slow
 def test_the_web_app_on_the_default_model_takes_a_screenshot(
-    browser, onnx_encoder_dir, onnx_aggregator_path, tmp_path
+    browser, paced, onnx_encoder_dir, onnx_aggregator_path, tmp_path
 ):
     """The demo user (lowercase headlines), learnt on the device from the demo history."""
     from export.demo import HISTORY, TASK, snippets
