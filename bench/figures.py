@@ -204,10 +204,11 @@ def render_eval(results: dict | None) -> list[str]:
         if sweep.get("tried"):
             lines.append(f"Highest dev adherence per strength unit: {_sweep_by_unit(sweep)}.")
         if rule:
+            from evals.fluency import FluencyRule
+
             lines.append(
                 f"Fluency check calibrated on {rule.get('calibrated_on')} dev answers of "
-                f"zero-shot and RAG: repeated word 3-grams <= {rule['max_repetition']:.3f}, "
-                f"perplexity <= {rule['max_perplexity']:.1f}, topic >= {rule['min_topic']:.3f}."
+                f"zero-shot and RAG: {FluencyRule(**rule).describe()}."
             )
         lines.append("")
         benchmarks = m.get("benchmarks", {})

@@ -50,13 +50,24 @@ def load_rule(out: Path, model_name: str) -> Any:
 
 
 def check(rows: Sequence[dict], rule: Any, model: Path, encoder_dir: Path | None = None,
-          threads: int = 2) -> dict[str, Any]:  # fmt: skip
-    """Per steered answer: lowercase?, the three signals, fluent?; and the totals."""
-    from evals.fluency import Perplexity, repetition, topic_retention
-    from export.demo import lowercase_share
+          threads: int = 2, history: Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Per steered answer: lowercase?, the five signals, fluent?; and the totals. ``history``:
+    the demo user's history (its words are theirs: the non-word signal; default the demo's)."""
+    from evals.fluency import (
+        Perplexity,
+        nonwords,
+        phrase_count,
+        repetition,
+        topic_retention,
+        words_in,
+    )
+    from export.demo import HISTORY, lowercase_share
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
+    from fints_edge.history import read_history
 
+    known = set().union(*(words_in(f"{h.input} {h.output}")
+                          for h in read_history(history or HISTORY)))  # fmt: skip
     ppl = Perplexity(model, n_ctx=512, threads=threads, casefold=rule.casefold)  # as calibrated
     try:
         perplexities = [ppl(r["input"], r["steered"]) for r in rows]
@@ -66,11 +77,14 @@ def check(rows: Sequence[dict], rule: Any, model: Path, encoder_dir: Path | None
                              [r["steered"] for r in rows], [r["unsteered"] for r in rows])  # fmt: skip
     out = []
     for r, p, t in zip(rows, perplexities, topics, strict=True):
-        rep = repetition(r["steered"])
-        fails = rule.failures(r["steered"], rep, p, float(t))
-        out.append({"steered": r["steered"], "lowercase": lowercase_share(r["steered"]) > 0.99,
-                    "repetition": rep, "perplexity": p, "topic": float(t), "fluent": not fails,
-                    "failures": fails})  # fmt: skip
+        answer = r["steered"]
+        signals = {"repetition": repetition(answer), "perplexity": p, "topic": float(t),
+                   "phrases": float(phrase_count(answer)),
+                   "nonwords": nonwords(answer, r["input"], known)}  # fmt: skip
+        fails = rule.failures(answer, signals["repetition"], p, float(t), signals["phrases"],
+                              signals["nonwords"])  # fmt: skip
+        out.append({"steered": answer, "lowercase": lowercase_share(answer) > 0.99, **signals,
+                    "fluent": not fails, "failures": fails})  # fmt: skip
     return {
         "n": len(out),
         "fluent": sum(a["fluent"] for a in out),
@@ -97,11 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, a in enumerate(got["answers"], 1):
         verdict = "fluent" if a["fluent"] else "NOT fluent: " + "; ".join(a["failures"])
         print(f"{i:2d}. {'lowercase' if a['lowercase'] else 'has capitals'}, repetition "
-              f"{a['repetition']:.2f}, perplexity {a['perplexity']:.1f}, topic {a['topic']:.2f}: "
-              f"{verdict}")  # fmt: skip
+              f"{a['repetition']:.2f}, perplexity {a['perplexity']:.1f}, topic {a['topic']:.2f}, "
+              f"pair repeats {a['phrases']:.0f}, non-words {a['nonwords']:.2f}: {verdict}")  # fmt: skip
     print(f"steered demo answers: {got['fluent']}/{got['n']} pass the fluency check "
           f"(repetition <= {rule.max_repetition:.2f}, perplexity <= {rule.max_perplexity:.1f}, "
-          f"topic >= {rule.min_topic:.2f}; calibrated by make eval), {got['lowercase']}/{got['n']} "
+          f"topic >= {rule.min_topic:.2f}, pair repeats <= {rule.max_phrases:.0f}, non-words <= "
+          f"{rule.max_nonwords:.2f}; {'case-folded' if rule.casefold else 'CASED'} perplexity; "
+          f"calibrated by make eval), {got['lowercase']}/{got['n']} "
           "all lowercase")  # fmt: skip
     if args.record:
         from evals.report import render_all

@@ -8,31 +8,46 @@ academy israel israel israel ..." is all lowercase). No judge model fits on a ph
   answer lowercased) in rules calibrated with ``casefold``: the unsteered model finds lowercase
   proper nouns improbable, and the check must judge an answer's words, not the case style;
 - ``topic``: encoder cosine between the answer and the unsteered answer to the same input (the
-  encoder is uncased, so case styles do not move it).
+  encoder is uncased, so case styles do not move it);
+- ``phrases``: how often the answer's most repeated word pair with a content word occurs ("the new
+  elective course: the new elective: ... a new elective" has "new elective" three times), which
+  the 3-gram share misses when a loop is short and the rest of the answer is long;
+- ``nonwords``: the share of the answer's words (3+ letters, case-folded) that are neither English
+  (pyspellchecker's word list, shipped in the package) nor in the input: "a 36-team shiad
+  cook-off in bimmery". Names and identifiers copied from the input are words.
+None of the five sees case: a lowercase copy of an answer gets the same verdict as the answer.
 :class:`FluencyRule` calibrates one bound per signal on answers that are fluent by construction
 (zero-shot and RAG answers, the unsteered model writing): an answer is fluent when every signal
 is within the baselines' 95th percentile (5th for topic), with a floor on the repetition bound
-(baselines that never repeat must not make one repeated phrase fatal) and a cap on the topic
-bound (a rephrased answer need not be closer than 0.5 to the unsteered one).
+(baselines that never repeat must not make one repeated phrase fatal), a cap on the topic
+bound (a rephrased answer need not be closer than 0.5 to the unsteered one) and a floor of 0 on
+the non-word bound. The phrase bound is fixed at 2, not calibrated: a word pair three times in
+one answer is a loop whoever wrote it, and SmolLM2-135M's own 48-token baselines loop often
+enough that their 95th percentile (4) let "the new elective" x3 through. Rules written before
+the last two signals existed load with the fixed bound and the floor.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fints_edge.fade import REPETITION_FLOOR, repetition
+from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
 
-__all__ = ["REPETITION_FLOOR", "FluencyRule", "Perplexity", "distinct_2", "repetition",
-           "topic_retention"]  # fmt: skip
+__all__ = ["REPETITION_FLOOR", "FluencyRule", "Perplexity", "distinct_2", "nonwords",
+           "phrase_count", "repetition", "topic_retention", "words_in"]  # fmt: skip
 _WORD = re.compile(r"\w+")
+_LETTERS = re.compile(r"[a-z]+(?:'[a-z]+)?")  # case-folded words; "isn't" is one word
 TOPIC_CAP = 0.5  # the topic bound never asks for more than this cosine
 PERCENTILE = 95.0
+NONWORD_FLOOR = 0.0  # baselines that never invent a word make one invented word fatal
+MIN_WORD = 3  # shorter tokens are abbreviations and particles ("st", "vs", "io")
 
 
 def distinct_2(text: str) -> float:
@@ -40,6 +55,35 @@ def distinct_2(text: str) -> float:
     words = [w.lower() for w in _WORD.findall(text)]
     grams = list(zip(words, words[1:], strict=False))
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+@lru_cache(maxsize=1)
+def _english() -> Any:
+    from spellchecker import SpellChecker  # the eval extra; its word list ships in the package
+
+    return SpellChecker(language="en", distance=1)
+
+
+def words_in(text: str) -> set[str]:
+    """The case-folded words of a text, as :func:`nonwords` reads them."""
+    return set(_LETTERS.findall(text.lower()))
+
+
+def nonwords(answer: str, source: str, known: Collection[str] = frozenset()) -> float:
+    """Share of the answer's words of MIN_WORD+ letters that are neither English nor in
+    ``source`` (the input the model was given) nor in ``known`` (the user's own history: their
+    "MAINT:" is a word of theirs), case-folded; 0 for an answer without such words."""
+    words = [w for w in _LETTERS.findall(answer.lower()) if len(w) >= MIN_WORD]
+    if not words:
+        return 0.0
+    given = words_in(source)
+    english = _english()
+
+    def word(w: str) -> bool:
+        return w in given or w in known or w in english
+
+    unknown = [w for w in words if not (word(w) or word(w.split("'")[0]))]  # "mypy's"
+    return len(unknown) / len(words)
 
 
 class Perplexity:
@@ -95,23 +139,34 @@ class FluencyRule:
     min_topic: float
     calibrated_on: int = 0  # how many baseline answers set the bounds
     casefold: bool = False  # perplexities were case-folded (rules written before it: False)
+    max_phrases: float = PHRASE_FLOOR  # fixed (see above); a field so reports can state it
+    max_nonwords: float = NONWORD_FLOOR
 
     @classmethod
     def calibrate(cls, repetitions: Sequence[float], perplexities: Sequence[float],
-                  topics: Sequence[float], casefold: bool = True) -> FluencyRule:  # fmt: skip
-        """The baselines' 95th percentile for repetition and perplexity, 5th for topic."""
+                  topics: Sequence[float], nonword_shares: Sequence[float] = (),
+                  casefold: bool = True) -> FluencyRule:  # fmt: skip
+        """The baselines' 95th percentile for repetition, perplexity and non-words (each above
+        its floor), the 5th for topic (below its cap); the phrase bound is fixed."""
         finite = [p for p in perplexities if np.isfinite(p)]
         if not finite or len(repetitions) == 0 or len(topics) == 0:
             raise ValueError("calibration needs baseline answers with every signal")
+
+        def top(values: Sequence[float], floor: float) -> float:
+            return max(float(np.percentile(values, PERCENTILE)), floor) if len(values) else floor
+
         return cls(
-            max_repetition=max(float(np.percentile(repetitions, PERCENTILE)), REPETITION_FLOOR),
+            max_repetition=top(repetitions, REPETITION_FLOOR),
             max_perplexity=float(np.percentile(finite, PERCENTILE)),
             min_topic=min(float(np.percentile(topics, 100 - PERCENTILE)), TOPIC_CAP),
             calibrated_on=len(repetitions),
             casefold=casefold,
+            max_phrases=PHRASE_FLOOR,  # fixed, see the module docstring
+            max_nonwords=top(nonword_shares, NONWORD_FLOOR),
         )
 
-    def failures(self, text: str, rep: float, ppl: float, topic: float) -> list[str]:
+    def failures(self, text: str, rep: float, ppl: float, topic: float, phrases: float = 0.0,
+                 nonword_share: float = 0.0) -> list[str]:  # fmt: skip
         """Which bounds an answer breaks (empty: fluent)."""
         out = []
         if not text.strip():
@@ -122,7 +177,18 @@ class FluencyRule:
             out.append("perplexity")
         if topic < self.min_topic:
             out.append("topic")
+        if phrases > self.max_phrases:
+            out.append("repeated phrase")
+        if nonword_share > self.max_nonwords:
+            out.append("non-words")
         return out
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
+
+    def describe(self) -> str:
+        """The bounds in words, for reports ("repeated word 3-grams <= 0.100, ...")."""
+        kind = "case-folded" if self.casefold else "cased"
+        return (f"repeated word 3-grams <= {self.max_repetition:.3f}, {kind} perplexity <= "
+                f"{self.max_perplexity:.1f}, topic >= {self.min_topic:.3f}, a word pair at most "
+                f"{self.max_phrases:.0f} times, non-words <= {self.max_nonwords:.3f}")  # fmt: skip

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evals.fluency import FluencyRule
 from fints_edge._atomic import write_text as atomic_write_text
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
@@ -162,8 +163,7 @@ def commits_lines(b: dict) -> list[str]:
         "is its first line; ROUGE-1/L F against what the author wrote; style agreement = mean of",
         "prefix, first-letter case and trailing period as in the author's subject. Fluency rule",
         f"calibrated on this benchmark's {rule['calibrated_on']} dev baseline answers "
-        f"(repetition <= {rule['max_repetition']:.3f}, case-folded perplexity <= "
-        f"{rule['max_perplexity']:.1f}, topic >= {rule['min_topic']:.3f}). Settings chosen on its",
+        f"({FluencyRule(**rule).describe()}). Settings chosen on its",
         f"own dev split by ROUGE-L of fluent answers: steering alone **{dev['chosen_label']['steer']}**;",
         f"on top of RAG **{dev['chosen_label']['rag']}** (the chat's default: {dev['shipped_label']}).",
         "",
@@ -237,14 +237,14 @@ def fluency_examples(preds: Sequence[dict], n: int = 5) -> list[str]:
         (rest if kind in seen else firsts).append(p)
         seen.add(kind)
     picked = (firsts + rest)[:n]
-    lines = ["| verdict | method | why | repetition | perplexity | topic | answer |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| verdict | method | why | repetition | perplexity | topic | pair repeats | "
+             "non-words | answer |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for tag, rows in (("rejected", picked), ("accepted", accepted[:n])):
         for p in rows:
             lines.append(
                 f"| {tag} | {p['method']} | {', '.join(p['fluency_failures']) or 'fluent'} | "
                 f"{p['repetition']:.2f} | {p['perplexity']:.1f} | {p['topic']:.2f} | "
-                f"{_cell(p['prediction'])} |"
+                f"{p.get('phrases', 0):.0f} | {p.get('nonwords', 0):.2f} | {_cell(p['prediction'])} |"
             )
     return lines
 
@@ -356,11 +356,11 @@ def synthetic_header(e: dict, preds: Sequence[dict]) -> list[str]:
         "### The fluency check",
         "",
         f"Calibrated on {rule['calibrated_on']} dev answers of zero-shot and RAG (1-3 examples),",
-        "which are fluent by construction. An answer is fluent when its share of repeated",
-        f"word 3-grams is <= **{rule['max_repetition']:.3f}** (95th percentile, floor 0.1), its",
-        "perplexity under the unsteered model (zero-shot prompt) is <= "
-        f"**{rule['max_perplexity']:.1f}** (95th percentile), and its encoder cosine to the",
-        f"unsteered answer is >= **{rule['min_topic']:.3f}** (5th percentile, cap 0.5).",
+        "which are fluent by construction (evals/fluency.py: 95th percentiles, the 5th for",
+        "topic, with floors and a cap). An answer is fluent when every signal is within its bound:",
+        f"**{FluencyRule(**rule).describe()}** (perplexity under the unsteered model given the",
+        "zero-shot prompt; topic: encoder cosine to the unsteered answer; non-words: words of 3+",
+        "letters neither English nor in the input or the user's history).",
         "",
         *fluency_examples(preds),
         "",

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from evals.fluency import FluencyRule, Perplexity, repetition, topic_retention
+from evals.fluency import (
+    FluencyRule,
+    Perplexity,
+    nonwords,
+    phrase_count,
+    repetition,
+    topic_retention,
+)
 from evals.metrics import TextScorer, paired_bootstrap
 from evals.styles import Style
 
@@ -48,6 +55,7 @@ class Scoring:
                 except (ValueError, KeyError, TypeError):
                     continue  # a line torn by a crash
         self.rule: FluencyRule | None = None
+        self.vocabulary: dict[str, set[str]] = {}  # user -> the words of their history
 
     def close(self) -> None:
         self._ppl.close()
@@ -69,7 +77,7 @@ class Scoring:
     def score(self, preds: list[dict], unsteered: Mapping[tuple[str, str], str]) -> list[dict]:
         """Content, style and fluency signals; ``unsteered[(user, input)]`` is the zero-shot
         answer the topic signal compares with. ``fluent`` needs :meth:`calibrate` first."""
-        todo = [p for p in preds if "repetition" not in p]
+        todo = [p for p in preds if "nonwords" not in p]
         refs = [unsteered.get((p["user"], p["input"]), "") for p in todo]
         topics = (
             topic_retention(self.encoder, [p["prediction"] for p in todo], refs) if todo else []
@@ -77,6 +85,10 @@ class Scoring:
         for p, topic, ref in zip(todo, topics, refs, strict=True):
             p.update(self.text(p["prediction"], p["reference"]))
             p["repetition"] = repetition(p["prediction"])
+            p["phrases"] = float(phrase_count(p["prediction"]))
+            p["nonwords"] = nonwords(
+                p["prediction"], p["input"], self.vocabulary.get(p["user"], frozenset())
+            )
             p["perplexity"] = self.perplexity(p["input"], p["prediction"])
             p["topic"] = float(topic) if ref else 1.0
             style = self.styles.get(p.get("style") or "")
@@ -93,6 +105,7 @@ class Scoring:
             [p["repetition"] for p in rows],
             [p["perplexity"] for p in rows],
             [p["topic"] for p in rows],
+            [p["nonwords"] for p in rows],
             casefold=self._ppl.casefold,
         )
         return self.rule
@@ -100,9 +113,8 @@ class Scoring:
     def judge(self, preds: Sequence[dict]) -> None:
         assert self.rule is not None, "calibrate() first"
         for p in preds:
-            fails = self.rule.failures(
-                p["prediction"], p["repetition"], p["perplexity"], p["topic"]
-            )
+            fails = self.rule.failures(p["prediction"], p["repetition"], p["perplexity"],
+                                       p["topic"], p["phrases"], p["nonwords"])  # fmt: skip
             p["fluency_failures"] = fails
             p["fluent"] = float(not fails)
             if "adherence" in p:

@@ -10,6 +10,7 @@ again at every further repeat. Fluent answers rarely repeat a 4-token sequence i
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,13 @@ REPEAT_NGRAM = 4  # tokens; about three words of English
 # At most this share of repeated word 3-grams is never called a loop (the fluency rule's floor,
 # evals/fluency.py; the demo reports answers above it).
 REPETITION_FLOOR = 0.1
+PHRASE_FLOOR = 2.0  # a word pair may occur twice ("X wins ... X's coach"); three times is a loop
+# Pairs of these alone ("of the", "in a") are grammar, not a repeated phrase.
+FUNCTION_WORDS = frozenset(
+    "a an and are as at be been but by for from had has have he her his i if in into is it its "
+    "of on or our she so than that the their them then there these they this to was we were "
+    "what when which who will with would you your".split()
+)
 _WORD = re.compile(r"\w+")
 
 
@@ -36,6 +44,17 @@ def repetition(text: str) -> float:
         repeats += g in seen
         seen.add(g)
     return repeats / len(grams)
+
+
+def phrase_count(text: str) -> int:
+    """How often the most repeated word pair (case-folded) occurs, counting only pairs with a
+    word outside FUNCTION_WORDS; 0 for texts under 2 words."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    pairs = Counter(
+        g for g in zip(words, words[1:], strict=False)
+        if not (g[0] in FUNCTION_WORDS and g[1] in FUNCTION_WORDS)
+    )  # fmt: skip
+    return max(pairs.values(), default=0)
 
 
 class RepeatFade:
