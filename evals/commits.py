@@ -3,14 +3,13 @@
 Each author writes subjects with habits that depend on the commit (an area prefix such as
 ``net/http: ``, ``BUG: `` or ``[mypyc] ``, the case of the first word, a trailing period), so
 a personalized model should match them on the author's newer commits. The extract and its
-provenance are in ``evals/data/commits/`` (built by :mod:`evals.commits_build`). Scoring here is
-pure string work; ROUGE is computed elsewhere.
+provenance are in ``evals/data/commits/`` (built by :mod:`evals.commits_build`). The habits are
+scored by fints_edge/agreement.py, the rule the on-device calibration uses too.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,76 +108,3 @@ def commits_tasks(users: dict[str, CommitsUser], split: str = "test") -> list[Us
         for u in users.values()
         for query, gold in getattr(u, split)
     ]
-
-
-# -- style agreement -----------------------------------------------------------------------------
-# A subject's area prefix, the leading token before the rest of the subject:
-#   * a bracketed tag at the start, "[mypyc] ", "[clang] " (1 to 40 characters inside, no
-#     nested brackets), followed by whitespace; or
-#   * a leading token ending in ":" and followed by whitespace, the token having no whitespace
-#     except after commas: "net/http: ", "BUG: ", "TST/DEP: ", "gh-12345: ", "fix(cli): ",
-#     "feat!: ", "cmd/go, go/build: ". A parenthesised scope may hold anything but parentheses.
-# "Python 3.12: ..." has no prefix (a space before the colon), nor has "http://x".
-_PREFIX = re.compile(
-    r"^(?:\[[^\[\]\n]{1,40}\]"
-    r"|[^\s:\[\]()]+(?:\([^()\n]{0,40}\))?!?"
-    r"(?:,\s*[^\s:\[\]()]+(?:\([^()\n]{0,40}\))?!?)*:)"
-    r"(?=\s)"
-)
-_TICKET = re.compile(r"\d{3,}")
-
-
-def first_line(answer: str) -> str:
-    """The answer's first non-empty line, stripped ("" when there is none)."""
-    for line in answer.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def split_prefix(subject: str) -> tuple[str, str]:
-    """(prefix token or "", the rest stripped); see the rule above :data:`_PREFIX`."""
-    subject = subject.strip()
-    m = _PREFIX.match(subject)
-    if not m:
-        return "", subject
-    return m.group(0), subject[m.end() :].strip()
-
-
-def prefix_token(subject: str) -> str:
-    """The prefix compared between answers: numbers of 3+ digits (ticket ids) count as equal."""
-    return _TICKET.sub("#", split_prefix(subject)[0])
-
-
-def prefix_agrees(answer: str, gold: str) -> bool:
-    """Gold has a prefix: the answer has the same one (case-sensitive); gold has none: neither."""
-    return prefix_token(first_line(answer)) == prefix_token(gold)
-
-
-def _first_letter(text: str) -> str:
-    return next((ch for ch in split_prefix(text)[1] if ch.isalpha()), "")
-
-
-def case_agrees(answer: str, gold: str) -> bool:
-    """The first letter after any prefix is upper case in both or in neither.
-
-    A subject with no letter after its prefix agrees only with another such subject.
-    """
-    a, g = _first_letter(first_line(answer)), _first_letter(gold)
-    if not a or not g:
-        return not a and not g
-    return a.isupper() == g.isupper()
-
-
-def period_agrees(answer: str, gold: str) -> bool:
-    """Both end in a period, or neither does (after stripping whitespace)."""
-    return first_line(answer).endswith(".") == gold.strip().endswith(".")
-
-
-def style_agreement(answer: str, gold: str) -> dict[str, bool]:
-    """The three habits for one answer: {"prefix", "case", "period"}."""
-    return {
-        "prefix": prefix_agrees(answer, gold),
-        "case": case_agrees(answer, gold),
-        "period": period_agrees(answer, gold),
-    }

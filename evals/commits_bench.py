@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evals.commits import first_line, load_commits, style_agreement
+from evals.commits import load_commits
 from evals.run import Setting, UserData
 from evals.scoring import summarize
+from fints_edge.agreement import STYLE, first_line, style_agreement
 from fints_edge.config import DEFAULTS
 from fints_edge.layers import default_layer
 
@@ -33,7 +34,7 @@ BASELINES = ("zero-shot", "rag-1", "rag-3")
 # (method, compared with): the paper's claim first, then steering alone at 0 prompt tokens
 PAIRS = (("fints+rag-1", "rag-1"), ("fints+rag-3", "rag-3"), ("fints-exact", "zero-shot"),
          ("fints+rag-1", "rag-3"), ("fints-exact", "static"), ("fints-exact", "random"))  # fmt: skip
-STYLE = ("prefix", "case", "period")
+
 METRICS = ("rouge1", "rougeL", "style", *STYLE, "fluent", "rougeL_fluent", "repetition", "topic")
 MAX_TOKENS = 32  # a subject line; the answer is cut at its first line anyway
 QUICK_USERS = 6  # one author per repository, round-robin; --full: every author

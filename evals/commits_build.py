@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evals.commits import split_prefix
+from fints_edge.agreement import split_prefix
 from fints_edge.errors import FintsEdgeError
 
 DATA_FILE = "commits.jsonl"

@@ -78,21 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_flags(args: argparse.Namespace):  # -> EngineConfig
-    """Refuse bad combinations before anything is loaded; the config the flags ask for."""
-    from fints_edge.config import config_from_args
+def check_flags(args: argparse.Namespace, base=None):  # -> EngineConfig
+    """Refuse bad combinations before anything is loaded; the config the flags ask for, over
+    ``base`` (default: the defaults)."""
+    from fints_edge.config import DEFAULTS, config_from_args
 
     if (args.json or args.compare) and not args.prompt:
         raise FintsEdgeError("--json and --compare go with --prompt TEXT")
     if args.compare and args.no_steer:
         raise FintsEdgeError("--compare already shows the unsteered answer; drop --no-steer")
-    return config_from_args(args)
+    return config_from_args(args, base or DEFAULTS)
 
 
 @cli_main()
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = check_flags(args)
+    check_flags(args)  # the flags alone, before any file is read
+    base, calibrated = calibrated_base(args.profile)
+    config = check_flags(args, base)
+    if calibrated:
+        print(f"using {args.profile}'s calibrated setting: {calibrated} (flags override it)",
+              file=sys.stderr)  # fmt: skip
     from fints_edge._paths import default_gguf
     from fints_edge.engine import Engine
 
@@ -110,6 +116,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.prompt:
             return _one_shot(engine, args)
         return _interactive(engine, steer=not args.no_steer)
+
+
+def calibrated_base(profile: str):  # -> (EngineConfig, label or "")
+    """The defaults with the profile's stored calibration applied (fints_edge.calibrate)."""
+    from dataclasses import replace
+
+    from fints_edge.calibrate import stored_changes
+    from fints_edge.config import DEFAULTS
+    from fints_edge.profile import read_header
+
+    calibration = read_header(profile).calibration
+    changes = stored_changes(calibration, str(profile))
+    if not changes:
+        return DEFAULTS, ""
+    return replace(DEFAULTS, **changes), str(calibration.get("label", ""))  # type: ignore[union-attr]
 
 
 def _one_shot(engine, args: argparse.Namespace) -> int:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fints_edge._paths import default_aggregator_path, default_encoder_dir
 from fints_edge.aggregate import OnnxAggregator
-from fints_edge.config import EngineConfig, check_config
+from fints_edge.config import SETTING_KNOBS, EngineConfig, check_config
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import RepeatBlock, RepeatFade
@@ -32,7 +32,7 @@ from fints_edge.profile import Profile
 from fints_edge.prompt import prompt_tokens
 
 if TYPE_CHECKING:  # learning pulls in rouge-score; chat-only sessions do not pay for it
-    from fints_edge.learn import Learner
+    from fints_edge.learn.learner import Learner
 
 __all__ = ["Engine", "EngineConfig", "Plan", "Reply", "Retrieved", "Steering", "checked_text"]
 
@@ -46,6 +46,8 @@ class Reply:
     completion_tokens: int
     timings_ms: dict[str, float]
     finish: Finish | None = None  # "stop" (end of answer) or "length" (max_tokens reached)
+    # the knobs it was written under (config.SETTING_KNOBS: k, strength, rag, layers, ...)
+    setting: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,9 +208,11 @@ class Engine:
             total_generate=(t_end - t0) * 1e3,
         )
         text = "".join(pieces).strip()
+        setting = {n: getattr(c, n) for n in SETTING_KNOBS}
         yield Reply(
-            text, steering is not None, plan, len(prompt), len(gen.tokens), timings, gen.finish
-        )
+            text, steering is not None, plan, len(prompt), len(gen.tokens), timings, gen.finish,
+            setting,
+        )  # fmt: skip
 
     def reply(self, text: str, *, steer: bool = True, plan: Plan | None = None) -> Reply:
         """The whole answer at once."""
@@ -263,7 +267,8 @@ class Engine:
 
     def learner(self) -> Learner:
         """The on-device learner; a cvec engine opens a second, callback-enabled context once."""
-        from fints_edge.learn import Learner, extractor_for
+        from fints_edge.learn.learner import Learner
+        from fints_edge.learn.recipe import extractor_for
 
         if self._learner is None:
             if self._extract_ctx is None:

@@ -72,14 +72,29 @@ class Index:
             self._build_graph()
         return ids
 
-    def top_k(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k most similar items: ids int64 [k'], sims float32 [k'], descending; k' = min(k, N)."""
+    def top_k(
+        self, query: np.ndarray, k: int, among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The k most similar items: ids int64 [k'], sims float32 [k'], descending; k' = min(k, N).
+
+        ``among``: bool [N], only these items may be returned (an exact scan; calibration holds
+        an item and everything newer out of its own retrieval)."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)  # [d]
         if q.shape[0] != self.dim:
             raise FintsEdgeError(f"query must have {self.dim} dims, got {q.shape[0]}")
         if k < 1:
             raise FintsEdgeError(f"k must be at least 1, got {k}")
         q = unit_rows(q)
+        if among is not None:
+            among = np.asarray(among, dtype=bool)
+            if among.shape != (len(self),):
+                raise FintsEdgeError(f"among must be a bool mask of {len(self)} items")
+            cand = np.flatnonzero(among)  # [n]
+            sims = self._keys[cand] @ q  # [n]
+            if len(cand) > k:
+                keep = np.argpartition(-sims, k - 1)[:k]
+                cand, sims = cand[keep], sims[keep]
+            return self._ranked(cand, q, sims)
         k = min(k, len(self))
         if k == 0:
             return np.empty(0, np.int64), np.empty(0, np.float32)

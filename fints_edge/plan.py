@@ -104,14 +104,15 @@ class Planner:
         self.profile, self.index = profile, index
 
     # -- one request --------------------------------------------------------------------------
-    def plan(self, text: str, config: EngineConfig) -> Plan:
-        """Encode the input, retrieve the top-K history items and aggregate their signals."""
+    def plan(self, text: str, config: EngineConfig, among: np.ndarray | None = None) -> Plan:
+        """Encode the input, retrieve the top-K history items and aggregate their signals;
+        ``among`` (bool [N]): the items that may be retrieved (default: all)."""
         c = config
         t0 = time.perf_counter()
         query = self.encoder.encode([text])[0]  # [D]
         t1 = time.perf_counter()
         # RAG may want more examples than steering aggregates: retrieve for both, steer with top-K.
-        found, found_sims = self.index.top_k(query, max(c.k, c.rag))
+        found, found_sims = self.index.top_k(query, max(c.k, c.rag), among)
         ids, sims = found[: c.k], found_sims[: c.k]  # [K'], [K']
         t2 = time.perf_counter()
         params = AggregateParams(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import lzma
 import math
 import os
@@ -35,8 +36,9 @@ from fints_edge.errors import ProfileError
 from fints_edge.layers import ATTN_READINGS, SITES, AttnReading, Site
 
 FORMAT_NAME = "fints-edge-profile"
-FORMAT_VERSION = 2  # 2 adds the optional opening signals; version 1 files still load
-READABLE_VERSIONS = (1, 2)
+# 2 adds the optional opening signals, 3 the optional calibration; older files still load
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 PromptFormat = Literal["chat", "plain"]
 PROMPT_FORMATS: tuple[PromptFormat, ...] = ("chat", "plain")
@@ -62,6 +64,7 @@ _TEXT_SCALARS = (
     "encoder_name",
     "prompt_format",
     "created",
+    "calibration",
 )
 _INT_SCALARS = (
     "format_version",
@@ -84,7 +87,7 @@ _LARGE = (
     "outputs_utf8",
     "opening",
 )
-_OPTIONAL = ("opening", "opening_tokens")
+_OPTIONAL = ("opening", "opening_tokens", "calibration")
 _FIELDS = frozenset((*_SMALL, *_LARGE))
 
 
@@ -140,6 +143,9 @@ class Profile:
     # only, for position-scoped injection where the answer starts; None in version-1 files.
     opening: np.ndarray | None = None
     opening_tokens: int = 0
+    # The setting calibration chose on this user's held-out items (fints_edge.calibrate, JSON);
+    # None: never calibrated (the defaults apply).
+    calibration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _validate(self, _UNSAVED)
@@ -281,34 +287,42 @@ class Profile:
     # -- file I/O ------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         m = self.model
-        return {
-            "format_name": np.array(FORMAT_NAME),
-            "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
-            "model_arch": np.array(m.arch),
-            "model_n_layer": np.array(m.n_layer, dtype=np.int32),
-            "model_n_embd": np.array(m.n_embd, dtype=np.int32),
-            "model_n_vocab": np.array(m.n_vocab, dtype=np.int32),
-            "model_tokenizer_sha256": np.array(m.tokenizer_sha256),
-            "layers": self.layers,
-            "sites": np.array(self.sites, dtype=str),
-            "attn_reading": np.array(self.attn_reading),
-            "signals": self.signals,
-            "keys": self.keys,
-            **_pack_texts("inputs", self.inputs),
-            **_pack_texts("outputs", self.outputs),
-            "timestamps": self.timestamps,
-            "residual_norms": self.residual_norms,
-            "encoder_name": np.array(self.encoder_name),
-            "encoder_probe": self.encoder_probe,
-            "prompt_format": np.array(self.prompt_format),
-            "created": np.array(self.created),
-        } | (
-            {}
-            if self.opening is None
-            else {
-                "opening": self.opening,
-                "opening_tokens": np.array(self.opening_tokens, dtype=np.int32),
+        return (
+            {
+                "format_name": np.array(FORMAT_NAME),
+                "format_version": np.array(FORMAT_VERSION, dtype=np.int32),
+                "model_arch": np.array(m.arch),
+                "model_n_layer": np.array(m.n_layer, dtype=np.int32),
+                "model_n_embd": np.array(m.n_embd, dtype=np.int32),
+                "model_n_vocab": np.array(m.n_vocab, dtype=np.int32),
+                "model_tokenizer_sha256": np.array(m.tokenizer_sha256),
+                "layers": self.layers,
+                "sites": np.array(self.sites, dtype=str),
+                "attn_reading": np.array(self.attn_reading),
+                "signals": self.signals,
+                "keys": self.keys,
+                **_pack_texts("inputs", self.inputs),
+                **_pack_texts("outputs", self.outputs),
+                "timestamps": self.timestamps,
+                "residual_norms": self.residual_norms,
+                "encoder_name": np.array(self.encoder_name),
+                "encoder_probe": self.encoder_probe,
+                "prompt_format": np.array(self.prompt_format),
+                "created": np.array(self.created),
             }
+            | (
+                {}
+                if self.opening is None
+                else {
+                    "opening": self.opening,
+                    "opening_tokens": np.array(self.opening_tokens, dtype=np.int32),
+                }
+            )
+            | (
+                {}
+                if self.calibration is None
+                else {"calibration": np.array(json.dumps(self.calibration, sort_keys=True))}
+            )
         )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -356,6 +370,7 @@ class Profile:
                 created=_scalar(a, "created", str, source),
                 opening=_array(a, "opening", source) if has_opening else None,
                 opening_tokens=_scalar(a, "opening_tokens", int, source) if has_opening else 0,
+                calibration=_calibration(a, version, source),
             )
         except ProfileError as e:
             raise ProfileError(str(e).replace(_UNSAVED, source, 1)) from None
@@ -414,6 +429,7 @@ class ProfileHeader:
     created: str
     format_version: int
     has_opening: bool
+    calibration: dict[str, Any] | None = None
 
 
 def read_header(path: str | os.PathLike[str]) -> ProfileHeader:
@@ -445,6 +461,7 @@ def read_header(path: str | os.PathLike[str]) -> ProfileHeader:
         created=_scalar(a, "created", str, source),
         format_version=version,
         has_opening=version >= 2 and "opening" in members,
+        calibration=_calibration(a, version, source),
     )
 
 
@@ -735,6 +752,19 @@ def _check_format(a: dict[str, np.ndarray], source: str) -> int:
             f"{', '.join(map(str, READABLE_VERSIONS))}; {_REBUILD}"
         )
     return version
+
+
+def _calibration(a: dict[str, np.ndarray], version: int, source: str) -> dict[str, Any] | None:
+    """The stored calibration (a JSON object), None when absent or before version 3."""
+    if version < 3 or "calibration" not in a:
+        return None
+    try:
+        value = json.loads(_scalar(a, "calibration", str, source))
+    except ValueError as e:
+        raise _fail(source, "calibration", f"is not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise _fail(source, "calibration", "should be a JSON object")
+    return value
 
 
 def _array(a: dict[str, np.ndarray], key: str, source: str) -> np.ndarray:

@@ -383,6 +383,40 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def test_a_calibrated_profile_is_answered_at_its_own_setting(make_settings):
+    """alice's stored calibration says "no steering, one example"; the request's own knobs
+    override it; bob (not calibrated) gets the server's defaults; listing and /why show it."""
+    settings = make_settings(strength=40.0)
+    path = settings.profiles_dir / "alice.npz"
+    calibration = {"version": 1, "changes": {"strength": 0.0, "rag": 1, "layers": [2]},
+                   "label": "no steering, rag 1", "score": 0.5, "unsteered_score": 0.5,
+                   "default_score": 0.1, "held_out": 4}  # fmt: skip
+    replace(Profile.load(path), calibration=calibration).save(path)
+    text = "Write a headline about the rain."
+    with client_for(settings) as c:
+
+        def fints(user: str, **knobs) -> dict:
+            body = {"messages": [{"role": "user", "content": text}], "user": user}
+            if knobs:
+                body["fints"] = knobs
+            r = c.post("/v1/chat/completions", json=body, headers=AUTH)
+            assert r.status_code == 200, r.text
+            return r.json()["fints"]
+
+        own = fints("alice")
+        assert (own["strength"], own["rag"], own["layers"], own["steered"]) == (0.0, 1, [2], False)
+        asked = fints("alice", strength=40.0)
+        assert (asked["strength"], asked["rag"], asked["steered"]) == (40.0, 1, True)
+        other = fints("bob")  # alice's calibration does not reach the next user
+        assert (other["strength"], other["rag"], other["layers"]) == (40.0, 0, None)
+        assert other["steered"]
+        listed = {p["name"]: p for p in c.get("/v1/profiles", headers=AUTH).json()["data"]}
+        assert listed["alice"]["calibration"]["label"] == "no steering, rag 1"
+        assert listed["bob"]["calibration"] is None
+        why = c.post("/v1/profiles/alice/why", json={"input": text}, headers=AUTH).json()
+        assert why["calibration"] == "no steering, rag 1"
+
+
 def test_add_why_and_forget_an_item(client):
     folder = client.app.state.api.store.folder
     before = snapshot(folder)

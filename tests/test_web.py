@@ -194,7 +194,8 @@ def run_flow(driver, url: str, user: str, text: str, wanted: str, screenshot: Pa
     )
 
 
-def test_the_web_app_at_phone_size(make_settings, browser, paced, tmp_path):  # noqa: F811
+@pytest.mark.usefixtures("paced")
+def test_the_web_app_at_phone_size(make_settings, browser, tmp_path):  # noqa: F811
     settings = make_settings(strength=40.0, max_tokens=12)
     with live_server(settings) as (url, _):
         shot = tmp_path / "web_app.png"
@@ -211,8 +212,9 @@ def test_the_web_app_at_phone_size(make_settings, browser, paced, tmp_path):  # 
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("paced")
 def test_the_web_app_on_the_default_model_takes_a_screenshot(
-    browser, paced, onnx_encoder_dir, onnx_aggregator_path, tmp_path
+    browser, onnx_encoder_dir, onnx_aggregator_path, tmp_path
 ):
     """The demo user (lowercase headlines), learnt on the device from the demo history."""
     from export.demo import HISTORY, TASK, snippets

@@ -3,6 +3,8 @@
     --profile me.npz --add more.jsonl       append items to a profile (atomic write)
     --history h.jsonl --out me.npz          build a whole profile on the device
     --profile me.npz --forget ID            drop one item
+    --history h.jsonl --out me.npz --calibrate   ... then choose this user's own setting
+    --calibrate me.npz                      choose it for an existing profile (fints_edge.calibrate)
 
 Each item costs one generation (the model's own unsteered answer, the default negative, unless
 the line gives ``rejected``) and the decodes of ``export.extract``'s contrast, read through the
@@ -13,13 +15,17 @@ profile's keys whenever the profile is opened, so an updated file is all there i
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fints_edge._cli import cli_main
+from fints_edge.calibrate import DEFAULT_BUDGET_S
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
@@ -45,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--add", type=Path, metavar="JSONL", help="append these items to --profile")
     what.add_argument("--history", type=Path, metavar="JSONL", help="build a new profile (--out)")
     what.add_argument("--forget", type=int, metavar="ID", help="drop item ID from --profile")
+    what.add_argument(
+        "--calibrate",
+        nargs="?",
+        const=True,
+        metavar="PROFILE",
+        help="choose the steering setting on the newest history items (held out) and store it "
+        "in the profile: alone with a profile to calibrate it, or after --history",
+    )
     p.add_argument("--profile", type=Path, help="the profile to update in place (atomically)")
     p.add_argument("--out", type=Path, help="with --history: the profile to write (.npz)")
     add_recipe_arguments(p.add_argument_group("new profiles (--history)"))
@@ -65,15 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, help="CPU threads (default: all, up to 4)")
     p.add_argument("--seed", type=int, default=0)
+    cal = p.add_argument_group("calibration (--calibrate)")
+    cal.add_argument(
+        "--budget",
+        type=float,
+        default=DEFAULT_BUDGET_S,
+        metavar="SECONDS",
+        help=f"stop trying settings after this long (default: {DEFAULT_BUDGET_S:g})",
+    )
+    cal.add_argument(
+        "--held-out",
+        type=int,
+        metavar="N",
+        help="newest items answered per setting (default: a fifth of the history, 4 to 8)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def _check_args(args: argparse.Namespace) -> str:
     actions = [name for name in ("add", "history", "forget") if getattr(args, name) is not None]
+    if isinstance(args.calibrate, str):
+        actions.append("calibrate")
+        args.calibrate = Path(args.calibrate)
+    elif args.calibrate and args.history is None:
+        raise FintsEdgeError("--calibrate alone takes the profile to calibrate: --calibrate me.npz")
     if len(actions) != 1:
-        raise FintsEdgeError("give exactly one of --add JSONL, --history JSONL or --forget ID")
+        raise FintsEdgeError(
+            "give exactly one of --add JSONL, --history JSONL, --forget ID or --calibrate PROFILE"
+        )
     action = actions[0]
+    if not (args.budget > 0 and math.isfinite(args.budget)):
+        raise FintsEdgeError(f"--budget must be a positive number of seconds, got {args.budget}")
+    if args.held_out is not None and args.held_out < 1:
+        raise FintsEdgeError("--held-out must be at least 1")
     if action in ("add", "forget") and args.profile is None:
         raise FintsEdgeError(f"--{action} needs --profile me.npz (the profile to update)")
     if action == "history":
@@ -105,13 +144,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile.without_item(args.forget).save(args.profile)
         print(f"{args.profile}: forgot item {args.forget}; {profile.n_items - 1} left")
         return 0
+    if action == "calibrate":
+        _calibrate(args, args.calibrate)
+        return 0
     out, profile = _learn(args, action)
     dt = time.perf_counter() - t0
     print(
         f"wrote {out}: {profile.n_items} items, layers {profile.layers.tolist()}, "
         f"sites {', '.join(profile.sites)} ({dt:.1f} s)"
     )
+    if args.calibrate:
+        _calibrate(args, out)
     return 0
+
+
+def _calibrate(args: argparse.Namespace, path: Path) -> None:
+    """Choose the profile's own setting on its newest items and store it (atomic write)."""
+    from fints_edge._paths import default_gguf
+    from fints_edge.calibrate import Calibrator
+    from fints_edge.config import EngineConfig
+    from fints_edge.engine import Engine
+
+    Profile.load(path)  # its errors first, before the model loads
+    config = EngineConfig(n_ctx=args.n_ctx, threads=args.threads, seed=args.seed)
+    with Engine(args.model or default_gguf(), path, config, encoder_dir=args.encoder) as engine:
+        say = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr))
+        calibrator = Calibrator(engine, n_held_out=args.held_out, budget_s=args.budget,
+                                progress=say)  # fmt: skip
+        if say is not None:
+            say(f"answering {len(calibrator.items)} held-out items per setting")
+        result = calibrator.run()
+    replace(Profile.load(path), calibration=result.to_json()).save(path)
+    print(f"{path}: {result.summary()}")
 
 
 def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:

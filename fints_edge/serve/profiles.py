@@ -70,6 +70,7 @@ class ProfileStore:
             "layers": list(h.layers),
             "sites": list(h.sites),
             "created": h.created,
+            "calibration": _calibration_view(h.calibration),
         }
 
     def details(self, name: str) -> dict[str, Any]:
@@ -326,3 +327,11 @@ def profile_error_status(e: Exception) -> int:
     if isinstance(e, ProfileError):
         return 422
     return 400
+
+
+def _calibration_view(calibration: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the listing shows of a stored calibration: the setting and how it measured."""
+    if not calibration:
+        return None
+    keys = ("label", "changes", "score", "unsteered_score", "default_score", "held_out")
+    return {k: calibration.get(k) for k in keys}

@@ -146,7 +146,7 @@ class Api:
                     elif event.kind == "done":
                         reply = event.value
                         finish = oai.finish_reason(reply, req.max_tokens)
-                        info = oai.fints_info(reply, user, req.knobs)
+                        info = oai.fints_info(reply, user)
                         yield oai.chunk(cid, created, s.model_id, {}, finish, fints=info)
                         if req.include_usage:
                             yield oai.chunk(cid, created, s.model_id, {}, usage=oai.usage(reply))
@@ -294,13 +294,16 @@ class Api:
 
         def plan(worker: Worker, _: Job) -> dict[str, Any]:
             engine = worker.engine_for(path)
-            engine.configure(**knobs.changes())
+            config = engine.configure(**knobs.changes(oai.calibrated(engine)))
             p = engine.plan(text)
             timings = {k: round(v, 3) for k, v in p.timings_ms.items()}
-            return {"retrieved": p.retrieved, "gate": p.gate, "timings_ms": timings}
+            calibration = engine.profile.calibration
+            return {"k": config.k, "retrieved": p.retrieved, "gate": p.gate,
+                    "timings_ms": timings,
+                    "calibration": calibration and calibration.get("label")}  # fmt: skip
 
         result = await self.run(request, plan)
-        return JSONResponse({"user": name, "input": text, "k": knobs.config.k} | result)
+        return JSONResponse({"user": name, "input": text} | result)
 
     # -- jobs -------------------------------------------------------------------------------
     async def list_jobs(self, _: Request) -> JSONResponse:

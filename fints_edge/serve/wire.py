@@ -16,7 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fints_edge.config import REQUEST_KNOBS, EngineConfig, KnobError, parse_request_knobs
+from fints_edge.calibrate import stored_changes
+from fints_edge.config import (
+    REQUEST_KNOBS,
+    SETTING_KNOBS,
+    EngineConfig,
+    KnobError,
+    parse_request_knobs,
+)
 from fints_edge.errors import FintsEdgeError
 
 if TYPE_CHECKING:
@@ -42,10 +49,15 @@ class BadRequest(FintsEdgeError):
 class Knobs:
     steer: bool
     config: EngineConfig  # the server's defaults with the request's knobs over them
+    given: frozenset[str] = frozenset()  # the knobs the request itself named
 
-    def changes(self) -> dict[str, Any]:
-        """The per-request knobs, as ``Engine.configure`` takes them."""
-        return {n: getattr(self.config, n) for n in REQUEST_KNOBS}
+    def changes(self, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``Engine.configure`` takes for one request on one user's profile: the server's
+        defaults, the profile's calibration over them, the request's own knobs over both. Every
+        knob a calibration may set is set each time, so one user's never reaches the next."""
+        out = {n: getattr(self.config, n) for n in SETTING_KNOBS}
+        out |= {k: v for k, v in (calibration or {}).items() if k not in self.given}
+        return out
 
 
 @dataclass(frozen=True)
@@ -78,7 +90,7 @@ def parse_knobs(obj: object, defaults: Knobs, where: str = "fints") -> Knobs:
         config = parse_request_knobs(obj, defaults.config, where)
     except KnobError as e:
         raise BadRequest(str(e), e.param) from None
-    return Knobs(steer, config)
+    return Knobs(steer, config, frozenset(obj) & set(REQUEST_KNOBS))
 
 
 def _int(v: object, name: str, lo: int, hi: int) -> int:
@@ -165,7 +177,7 @@ def chat_job(path: Any, req: ChatRequest) -> Callable[[Worker, Job], Reply]:
 
     def run(worker: Worker, job: Job) -> Reply:
         engine = worker.engine_for(path)
-        engine.configure(**req.knobs.changes(), max_tokens=req.max_tokens)
+        engine.configure(**req.knobs.changes(calibrated(engine)), max_tokens=req.max_tokens)
         gen = engine.stream(req.text, steer=req.knobs.steer)
         pending, started = "", False  # whitespace held back until more text follows it
         try:
@@ -188,6 +200,11 @@ def chat_job(path: Any, req: ChatRequest) -> Callable[[Worker, Job], Reply]:
     return run
 
 
+def calibrated(engine: Any) -> dict[str, Any]:
+    """The knob changes the engine's current profile stores (fints_edge.calibrate)."""
+    return stored_changes(engine.profile.calibration, str(engine.profile_path))
+
+
 # -- answers ---------------------------------------------------------------------------------
 def new_id() -> tuple[str, int]:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -208,10 +225,10 @@ def usage(reply: Reply) -> dict[str, int]:
     }
 
 
-def fints_info(reply: Reply, user: str, knobs: Knobs) -> dict[str, Any]:
+def fints_info(reply: Reply, user: str) -> dict[str, Any]:
     info = reply.to_json()
     del info["text"], info["prompt_tokens"], info["completion_tokens"]
-    return {"user": user, **knobs.changes()} | info
+    return {"user": user, **reply.setting} | info  # the setting the answer was written under
 
 
 def completion(
@@ -232,7 +249,7 @@ def completion(
             }
         ],
         "usage": usage(reply),
-        "fints": fints_info(reply, user, req.knobs),
+        "fints": fints_info(reply, user),
     }
 
 

@@ -16,19 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from evals.commits import (
-    COMMITS_DIR,
-    COMMITS_FILE,
+from evals.commits import COMMITS_DIR, COMMITS_FILE, commits_tasks, load_commits
+from evals.commits_build import EMAIL, PROMPT, TRAILER_KEYS, main
+from fints_edge.agreement import (
     case_agrees,
-    commits_tasks,
     first_line,
-    load_commits,
     period_agrees,
     prefix_agrees,
     split_prefix,
     style_agreement,
 )
-from evals.commits_build import EMAIL, PROMPT, TRAILER_KEYS, main
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import HistoryItem
 

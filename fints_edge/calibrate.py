@@ -1,0 +1,292 @@
+"""Each user's own setting, chosen on their own newest history items, on the device.
+
+One global setting does not suit every user and model (issue 24: on real commit subjects the
+shipped strength broke 180-token inputs; on Qwen-0.5B it did nothing). A user's history says what
+works for them: hold out their newest items, answer each under a few settings, and keep the
+setting whose answers are closest to what they actually wrote (fints_edge.agreement: ROUGE-L F
+and the writing habits), never one whose answers loop (fints_edge.fade's signals).
+
+- Held-out item i is answered with retrieval limited to items OLDER than it (its own signal holds
+  its answer; newer items did not exist when it was written).
+- The first candidates are the setting the user would get without calibration and no steering at
+  all; a later one replaces the best so far only when it scores strictly higher, so calibration
+  picks something measured better or honestly keeps the default or "no steering".
+- The search goes by stages (retrieved examples in the prompt, strength, layer, prompt strength,
+  K), each starting from the best so far, within a time budget.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fints_edge.agreement import answer_score, first_line, rouge_l
+from fints_edge.config import CALIBRATED, EngineConfig
+from fints_edge.errors import FintsEdgeError
+from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
+
+if TYPE_CHECKING:
+    from fints_edge.engine import Engine
+    from fints_edge.profile import Profile
+
+CALIBRATION_VERSION = 1
+MIN_HELD_OUT = 4
+MAX_HELD_OUT = 8
+MIN_OLDER = 2  # the oldest held-out item still retrieves from this many items
+DEFAULT_BUDGET_S = 60.0
+STRENGTH_STEPS = (0.5, 2.0)  # x the best strength so far (residual units)
+PROMPT_STRENGTHS = (0.0, 0.5)  # steer the prompt less than the answer (long real inputs)
+KS = (1, 8)
+
+
+def held_out(profile: Profile, n: int | None = None) -> np.ndarray:
+    """Indices of the newest ``n`` items (default: a fifth of the history, 4 to 8), oldest
+    first; items without a timestamp count as older than dated ones, in file order."""
+    total = profile.n_items
+    if n is None:
+        n = min(MAX_HELD_OUT, max(MIN_HELD_OUT, total // 5))
+    if n < 1 or total < n + MIN_OLDER:
+        raise FintsEdgeError(
+            f"calibration holds out {max(n, MIN_HELD_OUT)} of the newest items and needs "
+            f"{MIN_OLDER} older ones to retrieve from: the profile has {total} items; "
+            "add history or leave out --calibrate"
+        )
+    return time_order(profile)[-n:]
+
+
+def time_order(profile: Profile) -> np.ndarray:
+    """Item indices from oldest to newest (undated first, in file order; ties in file order)."""
+    ts = np.nan_to_num(profile.timestamps.astype(np.float64), nan=-np.inf)
+    return np.argsort(ts, kind="stable")
+
+
+def older_than(profile: Profile, item: int) -> np.ndarray:
+    """bool [N]: the items written before ``item`` (what retrieval may use when answering it)."""
+    rank = np.empty(profile.n_items, np.int64)
+    rank[time_order(profile)] = np.arange(profile.n_items)
+    return rank < rank[item]
+
+
+def answer_tokens(engine: Engine, outputs: Iterable[str], slack: int = 8, cap: int = 64) -> int:
+    """Tokens per calibration answer: the longest held-out output's first line, plus slack
+    (only the first line is scored; a long answer costs time and tells nothing more)."""
+    llm = engine.llm
+    longest = max(
+        len(llm.tokenize(first_line(str(o)).encode(), add_bos=False, special=False))
+        for o in outputs
+    )
+    return max(8, min(cap, longest + slack))
+
+
+def fluent(answer: str) -> bool:
+    """The guard: an answer that is empty or loops scores 0 whatever its words."""
+    line = first_line(answer)
+    return (
+        bool(line)
+        and repetition(answer) <= REPETITION_FLOOR
+        and phrase_count(answer) <= (PHRASE_FLOOR)
+    )
+
+
+@dataclass
+class Tried:
+    label: str
+    changes: dict[str, Any]
+    score: float  # mean answer_score, 0 for a broken answer
+    rouge_l: float  # mean ROUGE-L F of the first lines
+    fluent: float  # share of answers the guard passed
+
+
+@dataclass
+class Calibration:
+    """What calibration chose and how it measured it; stored in the profile as JSON."""
+
+    changes: dict[str, Any]  # knob -> value over the engine's config when it ran
+    label: str
+    score: float
+    rouge_l: float
+    unsteered_score: float
+    unsteered_rouge_l: float
+    default_score: float
+    held_out: int
+    seconds: float
+    tried: list[Tried] = field(default_factory=list)
+    budget_hit: bool = False
+
+    def summary(self) -> str:
+        return (
+            f"calibrated on {self.held_out} held-out items: {self.label}; score "
+            f"{self.score:.2f} vs {self.unsteered_score:.2f} unsteered and "
+            f"{self.default_score:.2f} at the default (ROUGE-L {self.rouge_l:.2f} vs "
+            f"{self.unsteered_rouge_l:.2f} unsteered); {len(self.tried)} settings in "
+            f"{self.seconds:.0f} s" + (" (time budget reached)" if self.budget_hit else "")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": CALIBRATION_VERSION,
+            "changes": {k: list(v) if isinstance(v, tuple) else v for k, v in self.changes.items()},
+            "label": self.label,
+            "score": self.score,
+            "rouge_l": self.rouge_l,
+            "unsteered_score": self.unsteered_score,
+            "unsteered_rouge_l": self.unsteered_rouge_l,
+            "default_score": self.default_score,
+            "held_out": self.held_out,
+            "seconds": self.seconds,
+            "tried": [t.__dict__ for t in self.tried],
+        }
+
+
+def stored_changes(calibration: dict[str, Any] | None, source: str) -> dict[str, Any]:
+    """The knob changes a profile's stored calibration asks for (checked; {} when none)."""
+    if not calibration:
+        return {}
+    if calibration.get("version") != CALIBRATION_VERSION or not isinstance(
+        calibration.get("changes"), dict
+    ):
+        raise FintsEdgeError(
+            f"{source}: calibration version {calibration.get('version')!r} is not one this "
+            f"fints-edge reads ({CALIBRATION_VERSION}); run python -m fints_edge.learn "
+            f"--calibrate {source} again"
+        )
+    changes = dict(calibration["changes"])
+    unknown = set(changes) - set(CALIBRATED)
+    if unknown:
+        raise FintsEdgeError(f"{source}: calibration changes unknown knobs {sorted(unknown)}")
+    if changes.get("layers") is not None:
+        changes["layers"] = tuple(int(x) for x in changes["layers"])
+    return changes
+
+
+def label(config: EngineConfig) -> str:
+    if not config.strength:
+        return "no steering" + (f", rag {config.rag}" if config.rag else "")
+    layers = ",".join(map(str, config.layers)) if config.layers else "all stored"
+    return (
+        f"layer {layers}, strength {config.strength:g}, K {config.k}, rag {config.rag}, "
+        f"prompt strength {config.prompt_strength:g}"
+    )
+
+
+class Calibrator:
+    """``Calibrator(engine).run()``: the engine's profile and model, its config as the default."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        n_held_out: int | None = None,
+        budget_s: float = DEFAULT_BUDGET_S,
+        progress: Callable[[str], None] | None = None,
+        guard: Callable[[str], bool] = fluent,
+    ) -> None:
+        """``guard``: which answers count (default :func:`fluent`); a broken one scores 0."""
+        self.engine = engine
+        self.profile = engine.profile
+        self.items = held_out(self.profile, n_held_out)
+        self.budget_s = budget_s
+        self.progress = progress
+        self.guard = guard
+        self.base = engine.config
+        self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
+        self._scored: dict[str, Tried] = {}
+
+    def run(self) -> Calibration:
+        t0 = time.perf_counter()
+        base, stored_layers = self.base, [int(x) for x in self.profile.layers]
+        default = self.measure({})
+        unsteered = self.measure({"strength": 0.0, "rag": 0})
+        best = max((default, unsteered), key=lambda t: t.score)  # ties: the default
+        budget_hit = False
+        for stage in self._stages(stored_layers):
+            if time.perf_counter() - t0 > self.budget_s:
+                budget_hit = True
+                break
+            for changes in stage(best):
+                if time.perf_counter() - t0 > self.budget_s:
+                    budget_hit = True
+                    break
+                got = self.measure(best.changes | changes)
+                if got.score > best.score:
+                    best = got
+        config = replace(base, **best.changes)
+        return Calibration(
+            changes=best.changes,
+            label=label(config),
+            score=best.score,
+            rouge_l=best.rouge_l,
+            unsteered_score=unsteered.score,
+            unsteered_rouge_l=unsteered.rouge_l,
+            default_score=default.score,
+            held_out=len(self.items),
+            seconds=time.perf_counter() - t0,
+            tried=list(self._scored.values()),
+            budget_hit=budget_hit,
+        )
+
+    def _stages(self, layers: Sequence[int]) -> Iterable[Callable[[Tried], list[dict[str, Any]]]]:
+        base = self.base
+
+        def rag(_best: Tried) -> list[dict[str, Any]]:
+            return [{"rag": 1, "strength": 0.0}, {"rag": 1}]
+
+        def strength(best: Tried) -> list[dict[str, Any]]:
+            s = best.changes.get("strength", base.strength) or base.strength
+            return [{"strength": s * f} for f in STRENGTH_STEPS]
+
+        def layer(best: Tried) -> list[dict[str, Any]]:
+            if len(layers) < 2 or not best.changes.get("strength", base.strength):
+                return []
+            return [{"layers": (x,)} for x in layers]
+
+        def prompt(best: Tried) -> list[dict[str, Any]]:
+            if not best.changes.get("strength", base.strength):
+                return []
+            return [{"prompt_strength": p} for p in PROMPT_STRENGTHS if p != base.prompt_strength]
+
+        def k(best: Tried) -> list[dict[str, Any]]:
+            if not best.changes.get("strength", base.strength):
+                return []
+            return [{"k": x} for x in KS if x != base.k]
+
+        return (rag, strength, layer, prompt, k)
+
+    def measure(self, changes: dict[str, Any]) -> Tried:
+        """Answer every held-out item under ``base + changes`` (cached by setting)."""
+        config = replace(self.base, **changes)
+        key = repr(sorted(changes.items()))
+        if key in self._scored:
+            return self._scored[key]
+        engine, profile = self.engine, self.profile
+        scores, rouges, ok = [], [], []
+        old = engine.config
+        engine.configure(max_tokens=self.max_tokens, **{k: getattr(config, k) for k in CALIBRATED})
+        try:
+            for i in self.items:
+                text, gold = str(profile.inputs[i]), str(profile.outputs[i])
+                steer = bool(config.strength)
+                plan = None
+                if steer or config.rag:
+                    plan = engine.planner.plan(text, engine.config, older_than(profile, int(i)))
+                answer = engine.reply(text, steer=steer, plan=plan).text
+                good = self.guard(answer)
+                scores.append(answer_score(answer, gold) if good else 0.0)
+                rouges.append(rouge_l(answer, gold))
+                ok.append(good)
+        finally:
+            engine.configure(max_tokens=old.max_tokens, **{k: getattr(old, k) for k in CALIBRATED})
+        got = Tried(label(config), dict(changes), _mean(scores), _mean(rouges), _mean(ok))
+        self._scored[key] = got
+        if self.progress is not None:
+            self.progress(f"{got.label}: score {got.score:.3f}, fluent {got.fluent:.2f}")
+        return got
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan

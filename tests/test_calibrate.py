@@ -1,0 +1,206 @@
+"""Per-user calibration (fints_edge.calibrate) on the tiny model: what it holds out, what it may
+retrieve, what it picks, how it is stored and used."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fints_edge.calibrate import (
+    Calibrator,
+    fluent,
+    held_out,
+    older_than,
+    stored_changes,
+    time_order,
+)
+from fints_edge.config import EngineConfig
+from fints_edge.errors import FintsEdgeError
+from fints_edge.profile import Profile, read_header
+
+TOPICS = ["bridge", "rain", "library", "football", "election", "vaccine", "concert", "market",
+          "harbour", "museum", "garden", "airport"]  # fmt: skip
+STRONG = {"strength": 40.0, "max_tokens": 12, "n_ctx": 512, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def profile_path(tiny, onnx_encoder_dir, tmp_path_factory):
+    """12 items a day apart, written newest LAST in time but shuffled in the file."""
+    from fints_edge.learn import main as learn_main
+
+    d = tmp_path_factory.mktemp("calibrate")
+    order = [5, 0, 11, 3, 8, 1, 10, 2, 7, 4, 9, 6]  # file position -> day
+    rows = [
+        {"input": f"Write a headline about the {TOPICS[i]}.",
+         "output": f"{TOPICS[i]} news, all lowercase!",
+         "rejected": f"The {TOPICS[i].title()} Story",
+         "timestamp": 1_700_000_000 + 86_400 * i}
+        for i in order
+    ]  # fmt: skip
+    h = d / "h.jsonl"
+    h.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = d / "me.npz"
+    rc = learn_main(
+        ["--model", str(tiny.gguf_path), "--history", str(h), "--out", str(out), "--layers", "1",
+         "2", "--encoder", str(onnx_encoder_dir), "--n-ctx", "256", "--threads", "1", "--quiet"]
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+def engine_for(tiny, path, onnx_encoder_dir, onnx_aggregator_path, **changes):
+    from fints_edge.engine import Engine
+
+    return Engine(tiny.gguf_path, path, EngineConfig(**(STRONG | changes)),
+                  encoder_dir=onnx_encoder_dir, aggregator_path=onnx_aggregator_path)  # fmt: skip
+
+
+def test_the_newest_items_are_held_out_and_only_older_ones_retrievable(profile_path):
+    p = Profile.load(profile_path)
+    days = ((p.timestamps - p.timestamps.min()) / 86_400).round().astype(int)
+    assert days[time_order(p)].tolist() == list(range(12))
+    items = held_out(p)
+    assert sorted(days[items].tolist()) == [8, 9, 10, 11]  # a fifth of 12, at least 4
+    assert days[held_out(p, 6)].tolist() == [6, 7, 8, 9, 10, 11]
+    for i in items:
+        assert set(days[older_than(p, int(i))].tolist()) == set(range(days[i]))
+    with pytest.raises(FintsEdgeError, match="needs 2 older ones"):
+        held_out(p, 11)
+
+
+def test_the_guard_refuses_empty_and_looping_answers():
+    assert fluent("bridge news, all lowercase!")
+    assert not fluent("") and not fluent("\n\n")
+    assert not fluent("the new elective: the new elective: a new elective")  # a pair x3
+    assert not fluent("rain rain rain rain rain rain rain rain")
+
+
+def test_a_held_out_item_and_newer_ones_are_never_retrieved_for_it(
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path
+):
+    with engine_for(tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, rag=1) as engine:
+        p = engine.profile
+        rank = np.empty(p.n_items, int)
+        rank[time_order(p)] = np.arange(p.n_items)
+        by_input = {str(t): i for i, t in enumerate(p.inputs)}
+        seen: list[tuple[int, list[int]]] = []
+        plan = engine.planner.plan
+
+        def spy(text, config, among=None):
+            got = plan(text, config, among)
+            seen.append((by_input[text], [r["id"] for r in got.retrieved]))
+            return got
+
+        engine.planner.plan = spy  # type: ignore[method-assign]
+        Calibrator(engine, budget_s=5.0).run()
+    assert len(seen) >= 8, seen  # several settings x 4 held-out items
+    for item, ids in seen:
+        assert ids and all(rank[j] < rank[item] for j in ids), (item, ids)
+
+
+def not_empty(answer: str) -> bool:
+    return bool(answer.strip())
+
+
+def test_a_user_whose_outputs_steering_writes_keeps_steering_and_a_zero_shot_user_does_not(
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path
+):
+    """The held-out outputs are replaced by what the engine writes steered (user 1) or
+    unsteered (user 2), each answered with retrieval limited as calibration limits it. The
+    random tiny model loops by construction ("satiety satiety ..."), so the loop guard is
+    replaced here; the slow test below keeps it on the default model."""
+    with engine_for(tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path) as engine:
+        p = engine.profile
+        items = held_out(p)
+        steered, unsteered = {}, {}
+        for i in items:
+            text = str(p.inputs[i])
+            plan = engine.planner.plan(text, engine.config, older_than(p, int(i)))
+            steered[int(i)] = engine.reply(text, plan=plan).text
+            unsteered[int(i)] = engine.reply(text, steer=False).text
+    assert steered != unsteered
+    picked = {}
+    for name, answers in (("steered", steered), ("unsteered", unsteered)):
+        outputs = p.outputs.copy()
+        for i, a in answers.items():
+            outputs[i] = a
+        path = replace(p, outputs=outputs).save(tmp_path / f"{name}.npz")
+        with engine_for(tiny, path, onnx_encoder_dir, onnx_aggregator_path) as engine:
+            picked[name] = Calibrator(engine, budget_s=60.0, guard=not_empty).run()
+    assert picked["steered"].changes.get("strength", 40.0) > 0, picked["steered"].summary()
+    assert picked["steered"].score > picked["steered"].unsteered_score
+    assert picked["unsteered"].changes.get("strength") == 0.0, picked["unsteered"].summary()
+    assert picked["unsteered"].score > picked["unsteered"].default_score
+
+
+def test_learn_calibrate_stores_it_and_the_chat_uses_it(
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    from fints_edge.chat import calibrated_base
+    from fints_edge.learn import main as learn_main
+
+    path = tmp_path / "me.npz"
+    shutil.copy(profile_path, path)
+    assert read_header(path).calibration is None
+    assert calibrated_base(str(path))[1] == ""
+    rc = learn_main(["--model", str(tiny.gguf_path), "--calibrate", str(path), "--encoder",
+                     str(onnx_encoder_dir), "--threads", "1", "--budget", "20"])  # fmt: skip
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert "calibrated on 4 held-out items" in out and "answering 4 held-out items" in err
+    stored = read_header(path).calibration
+    assert stored is not None and stored["version"] == 1 and stored["held_out"] == 4
+    changes = stored_changes(stored, str(path))
+    base, label = calibrated_base(str(path))
+    assert label == stored["label"]
+    assert all(getattr(base, k) == v for k, v in changes.items())
+    assert Profile.load(path).n_items == 12  # the rest of the profile is untouched
+
+
+def test_a_bad_stored_calibration_is_a_clear_error():
+    with pytest.raises(FintsEdgeError, match="calibration version 9"):
+        stored_changes({"version": 9, "changes": {}}, "me.npz")
+    with pytest.raises(FintsEdgeError, match="unknown knobs"):
+        stored_changes({"version": 1, "changes": {"mode": "cvec"}}, "me.npz")
+    assert stored_changes(None, "me.npz") == {}
+    assert stored_changes({"version": 1, "changes": {"layers": [2]}}, "x")["layers"] == (2,)
+
+
+def test_calibrate_flags_are_checked_before_loading(capsys):
+    from fints_edge.learn import main as learn_main
+
+    for argv, needle in (
+        (["--calibrate"], "--calibrate alone takes the profile"),
+        (["--calibrate", "me.npz", "--budget", "0"], "--budget must be a positive"),
+        (["--calibrate", "me.npz", "--held-out", "0"], "--held-out must be at least 1"),
+        (["--calibrate", "me.npz", "--forget", "1"], "give exactly one of"),
+    ):
+        assert learn_main(argv) == 1
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+
+
+
+def test_a_stored_calibration_round_trips_and_older_files_load_without_one(
+    profile_path, tmp_path
+):
+    p = Profile.load(profile_path)
+    assert p.calibration is None
+    cal = {"version": 1, "changes": {"strength": 0.125}, "label": "x"}
+    saved = replace(p, calibration=cal).save(tmp_path / "c.npz")
+    assert Profile.load(saved).calibration == cal and read_header(saved).calibration == cal
+    arrays = dict(np.load(saved, allow_pickle=False))
+    arrays["format_version"] = np.array(2, dtype=np.int32)  # a version-2 reader's file
+    assert Profile.from_arrays(arrays).calibration is None  # ignored before version 3
+    arrays["format_version"] = np.array(3, dtype=np.int32)
+    arrays["calibration"] = np.array("{not json")
+    with pytest.raises(FintsEdgeError, match="calibration.*is not JSON"):
+        Profile.from_arrays(arrays, source="me.npz")
+    arrays["calibration"] = np.array("[1, 2]")
+    with pytest.raises(FintsEdgeError, match="calibration.*JSON object"):
+        Profile.from_arrays(arrays, source="me.npz")
