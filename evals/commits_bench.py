@@ -38,6 +38,13 @@ PAIRS = (("fints+rag-1", "rag-1"), ("fints+rag-3", "rag-3"), ("fints-exact", "ze
 METRICS = ("rouge1", "rougeL", "style", *STYLE, "fluent", "rougeL_fluent", "repetition", "topic")
 MAX_TOKENS = 32  # a subject line; the answer is cut at its first line anyway
 QUICK_USERS = 6  # one author per repository, round-robin; --full: every author
+# Per-user calibration (fints_edge.calibrate) on each author's HISTORY only (never dev or test),
+# from the chat's default; the row's rag is fixed so it compares with its unsteered twin.
+CALIBRATED_METHODS = {"fints-calibrated": 0, "fints+rag-1-calibrated": 1}
+CALIBRATED_PAIRS = (("fints-calibrated", "zero-shot"), ("fints-calibrated", "fints-exact"),
+                    ("fints+rag-1-calibrated", "rag-1"),
+                    ("fints+rag-1-calibrated", "fints+rag-1"))  # fmt: skip
+CALIBRATION_BUDGET_S = 60.0
 # dev candidates around the product default: strength (residual units) x prompt strength
 DEV_STRENGTHS = (0.0625, 0.125, 0.25)
 DEV_PROMPT = (1.0, 0.0)
@@ -156,13 +163,21 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         for method in METHODS:
             s = chosen["rag"] if method.startswith("fints+rag") else chosen["steer"]
             test += ev.answer(NAME, users, "test", method, s)
+        calibrations = {}
+        for method, rag in CALIBRATED_METHODS.items():
+            for u in users:
+                if u.user not in ev.profiles:
+                    continue
+                s, calibrations[(method, u.user)] = calibrated(ev, u, method, rag)
+                test += ev.answer(NAME, [u], "test", method, s)
         first_lines(test)
         score(ev, test, ev.unsteered(test))
     finally:
         ev.runner.exact.configure(max_tokens=old_tokens)
         ev.scoring.rule = old_rule
-    table = summarize(test, METHODS, METRICS, ev.args.bootstrap, ev.args.seed,
-                      primary=("rouge1", "rougeL", "style"), pairs=PAIRS)  # fmt: skip
+    table = summarize(test, (*METHODS, *CALIBRATED_METHODS), METRICS, ev.args.bootstrap,
+                      ev.args.seed, primary=("rouge1", "rougeL", "style"),
+                      pairs=PAIRS + CALIBRATED_PAIRS)  # fmt: skip
     results["benchmarks"][NAME] = {
         "users": len([u for u in users if u.user in ev.profiles]),
         "items": {"history": sum(len(u.history) for u in users),
@@ -175,10 +190,41 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         "setting": {f: s.label() for f, s in chosen.items()},
         "methods": table,
         "examples": examples(test, users),
+        "calibration": {"budget_s": CALIBRATION_BUDGET_S, "from": shipped(ev.n_layer).label(),
+                        "users": [{"method": m, "user": user, **c}
+                                  for (m, user), c in calibrations.items()]},  # fmt: skip
         "errors": [{"method": p["method"], "user": p["user"], "error": p["error"]}
                    for p in test if p.get("error")],
     }  # fmt: skip
     return dev + test
+
+
+def calibrated(ev: Evaluation, u: UserData, method: str, rag: int) -> tuple[Setting, dict]:
+    """The author's own setting: fints_edge.calibrate on their profile (history items only),
+    from the chat's default, ``rag`` fixed; cached per author and method like the answers."""
+    import json
+
+    from fints_edge.calibrate import Calibrator
+
+    base = shipped(ev.n_layer)
+    path = ev.cache.folder / f"calibration-{method}-{u.user}.json"
+    if path.is_file():
+        got = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        assert ev.runner is not None
+        ev.runner.use(ev.profiles[u.user])
+        ev.runner.configure(ev.runner.exact, base, rag)
+        result = Calibrator(ev.runner.exact, budget_s=CALIBRATION_BUDGET_S, rag=rag).run()
+        got = result.to_json()
+        path.write_text(json.dumps(got), encoding="utf-8")
+    c = got["changes"]
+    strength = float(c.get("strength", base.strength))
+    opening = base.opening_strength / base.strength if base.strength else 0.0
+    s = replace(base, strength=strength, opening_strength=strength * opening,
+                k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
+                prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
+    keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
+    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,

@@ -184,6 +184,14 @@ def commits_lines(b: dict) -> list[str]:
     lines += ["", "Dev candidates (ROUGE-L of fluent answers, fluent share):", ""]
     lines += [f"- {t['method']} {t['label']}: {t['rougeL_fluent']:.3f}, {t['fluent']:.2f}"
               for t in dev["tried"]]  # fmt: skip
+    cal = b.get("calibration")
+    if cal:
+        lines += ["", "Per-author calibration (fints_edge.calibrate on each author's history only, "
+                  f"from `{cal['from']}`, {cal['budget_s']:g} s budget; held-out score = mean of "
+                  "ROUGE-L and habits kept):", ""]  # fmt: skip
+        lines += [f"- {c['method']} {c['user']}: **{c['label']}** (held-out {c['score']:.3f} vs "
+                  f"{c['unsteered_score']:.3f} unsteered, {c['default_score']:.3f} default; "
+                  f"{c['tried']} settings in {c['seconds']:.0f} s)" for c in cal["users"]]  # fmt: skip
     if b.get("examples"):
         lines += ["", "What the methods wrote for one test commit of a few authors:", "",
                   "| author | gold | zero-shot | rag-1 | fints+rag-1 | fints-exact |",

@@ -33,9 +33,10 @@ from fints_edge.engine import Engine, EngineConfig, Plan
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import HistoryItem
 
-RAG_METHODS = {"rag-1": 1, "rag-2": 2, "rag-3": 3, "fints+rag-1": 1, "fints+rag-3": 3}
+RAG_METHODS = {"rag-1": 1, "rag-2": 2, "rag-3": 3, "fints+rag-1": 1, "fints+rag-3": 3,
+               "fints+rag-1-calibrated": 1}  # fmt: skip
 STEERED = ("static", "random", "fints-cvec", "fints-exact", "fints+rag-1", "fints+rag-3",
-           "fints-recency")  # fmt: skip
+           "fints-recency", "fints-calibrated", "fints+rag-1-calibrated")  # fmt: skip
 PREFIX_EXAMPLES = 3  # prefix-cached: as many examples as rag-3, chosen once per user
 
 
@@ -188,7 +189,7 @@ class Runner:
             self._cvec.planner.center = self.exact.planner.center
         return self._cvec
 
-    def _configure(self, engine: Engine, s: Setting, rag: int) -> None:
+    def configure(self, engine: Engine, s: Setting, rag: int) -> None:
         config = s.engine_config()
         if engine.config.mode == "cvec":  # the control vector has no positions, no rescaling
             config.update(preserve_norm=False, opening_scale=0.0)
@@ -210,7 +211,7 @@ class Runner:
         if method == "prefix-cached":
             return self._prefix_answer(text)
         engine = self.cvec() if method == "fints-cvec" else self.exact
-        self._configure(engine, s, RAG_METHODS.get(method, 0))
+        self.configure(engine, s, RAG_METHODS.get(method, 0))
         if method == "fints-recency" and not s.half_life_days:
             raise FintsEdgeError("fints-recency needs a setting with half_life_days > 0")
         plan: Plan | None = None
@@ -299,7 +300,7 @@ class Runner:
             print("loading the torch reference model...", file=sys.stderr)
             self._torch = load_hf(self.model)
         model, tok = self._torch
-        self._configure(self.exact, s, 0)
+        self.configure(self.exact, s, 0)
         plan = self.exact.plan(text)
         p = self.exact.profile
         st = plan.steering

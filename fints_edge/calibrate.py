@@ -185,14 +185,18 @@ class Calibrator:
         budget_s: float = DEFAULT_BUDGET_S,
         progress: Callable[[str], None] | None = None,
         guard: Callable[[str], bool] = fluent,
+        rag: int | None = None,
     ) -> None:
-        """``guard``: which answers count (default :func:`fluent`); a broken one scores 0."""
+        """``guard``: which answers count (default :func:`fluent`); a broken one scores 0.
+        ``rag``: fix the retrieved examples in the prompt (the evaluation's steering-only and
+        steering-on-RAG rows); None lets calibration choose 0 or 1."""
         self.engine = engine
         self.profile = engine.profile
         self.items = held_out(self.profile, n_held_out)
         self.budget_s = budget_s
         self.progress = progress
         self.guard = guard
+        self.fixed = {} if rag is None else {"rag": rag}
         self.base = engine.config
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
         self._scored: dict[str, Tried] = {}
@@ -200,8 +204,8 @@ class Calibrator:
     def run(self) -> Calibration:
         t0 = time.perf_counter()
         base, stored_layers = self.base, [int(x) for x in self.profile.layers]
-        default = self.measure({})
-        unsteered = self.measure({"strength": 0.0, "rag": 0})
+        default = self.measure(dict(self.fixed))
+        unsteered = self.measure({"strength": 0.0, "rag": 0} | self.fixed)
         best = max((default, unsteered), key=lambda t: t.score)  # ties: the default
         budget_hit = False
         for stage in self._stages(stored_layers):
@@ -234,6 +238,8 @@ class Calibrator:
         base = self.base
 
         def rag(_best: Tried) -> list[dict[str, Any]]:
+            if self.fixed:
+                return []
             return [{"rag": 1, "strength": 0.0}, {"rag": 1}]
 
         def strength(best: Tried) -> list[dict[str, Any]]:

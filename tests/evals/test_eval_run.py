@@ -224,7 +224,12 @@ def test_the_commits_benchmark_alone_on_the_tiny_model(tiny, tmp_path):
     entry = json.loads((out / "results.json").read_text())["models"][tiny.gguf_path.name]
     b = entry["benchmarks"]["commits"]
     assert set(b["methods"]) == {"zero-shot", "rag-1", "rag-3", "static", "random",
-                                 "fints-exact", "fints+rag-1", "fints+rag-3"}  # fmt: skip
+                                 "fints-exact", "fints+rag-1", "fints+rag-3", "fints-calibrated",
+                                 "fints+rag-1-calibrated"}  # fmt: skip
+    cal = {c["method"]: c for c in b["calibration"]["users"]}
+    assert set(cal) == {"fints-calibrated", "fints+rag-1-calibrated"}
+    assert all(c["tried"] >= 2 and c["score"] >= c["unsteered_score"] for c in cal.values())
+    assert "rougeL_vs_rag-1" in b["methods"]["fints+rag-1-calibrated"]
     for name, e in b["methods"].items():
         assert e["n"] == 12 and 0.0 <= e["rougeL"] <= 1.0 and 0.0 <= e["rouge1"] <= 1.0, name
     assert "rougeL_vs_rag-3" in b["methods"]["fints+rag-3"]
