@@ -59,6 +59,7 @@ class Reply:
             "completion_tokens": self.completion_tokens,
             "finish": self.finish,
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "setting": self.setting,
         }
 
 

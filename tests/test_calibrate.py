@@ -137,7 +137,7 @@ def test_a_user_whose_outputs_steering_writes_keeps_steering_and_a_zero_shot_use
 
 
 def test_learn_calibrate_stores_it_and_the_chat_uses_it(
-    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path, capsys, monkeypatch
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path, capsys
 ):
     import shutil
 
@@ -149,7 +149,8 @@ def test_learn_calibrate_stores_it_and_the_chat_uses_it(
     assert read_header(path).calibration is None
     assert calibrated_base(str(path))[1] == ""
     rc = learn_main(["--model", str(tiny.gguf_path), "--calibrate", str(path), "--encoder",
-                     str(onnx_encoder_dir), "--threads", "1", "--budget", "20"])  # fmt: skip
+                     str(onnx_encoder_dir), "--aggregator", str(onnx_aggregator_path),
+                     "--threads", "1", "--budget", "20"])  # fmt: skip
     assert rc == 0
     out, err = capsys.readouterr()
     assert "calibrated on 4 held-out items" in out and "answering 4 held-out items" in err
@@ -160,6 +161,18 @@ def test_learn_calibrate_stores_it_and_the_chat_uses_it(
     assert label == stored["label"]
     assert all(getattr(base, k) == v for k, v in changes.items())
     assert Profile.load(path).n_items == 12  # the rest of the profile is untouched
+    from fints_edge.chat import main as chat_main
+
+    common = ["--model", str(tiny.gguf_path), "--profile", str(path), "--encoder",
+              str(onnx_encoder_dir), "--aggregator", str(onnx_aggregator_path), "--threads", "1",
+              "--n-ctx", "512", "--max-tokens", "4", "--prompt", "Write a headline about the rain.",
+              "--json"]  # fmt: skip
+    assert chat_main(common) == 0
+    out, err = capsys.readouterr()
+    assert f"using {path}'s calibrated setting: {stored['label']}" in err
+    assert json.loads(out)["setting"]["strength"] == base.strength
+    assert chat_main([*common, "--strength", "0.5"]) == 0  # a flag overrides it
+    assert json.loads(capsys.readouterr()[0])["setting"]["strength"] == 0.5
 
 
 def test_a_bad_stored_calibration_is_a_clear_error():
@@ -185,10 +198,7 @@ def test_calibrate_flags_are_checked_before_loading(capsys):
         assert needle in err and "Traceback" not in err, err
 
 
-
-def test_a_stored_calibration_round_trips_and_older_files_load_without_one(
-    profile_path, tmp_path
-):
+def test_a_stored_calibration_round_trips_and_older_files_load_without_one(profile_path, tmp_path):
     p = Profile.load(profile_path)
     assert p.calibration is None
     cal = {"version": 1, "changes": {"strength": 0.125}, "label": "x"}
@@ -204,3 +214,38 @@ def test_a_stored_calibration_round_trips_and_older_files_load_without_one(
     arrays["calibration"] = np.array("[1, 2]")
     with pytest.raises(FintsEdgeError, match="calibration.*JSON object"):
         Profile.from_arrays(arrays, source="me.npz")
+
+
+@pytest.mark.slow
+def test_on_the_default_model_the_lowercase_user_keeps_steering_and_a_zero_shot_user_not(
+    onnx_encoder_dir, onnx_aggregator_path, tmp_path
+):
+    """The demo user (every headline lowercase, export/data/demo_history.jsonl) learnt on the
+    device, calibrated with the real loop guard; then the same profile with its held-out
+    outputs replaced by the model's own unsteered answers."""
+    from export.demo import HISTORY
+    from fints_edge._paths import default_gguf
+    from fints_edge.engine import Engine
+    from fints_edge.learn import main as learn_main
+
+    path = tmp_path / "demo.npz"
+    rc = learn_main(["--history", str(HISTORY), "--out", str(path), "--encoder",
+                     str(onnx_encoder_dir), "--threads", "2", "--quiet"])  # fmt: skip
+    assert rc == 0
+
+    def calibrate(p):
+        with Engine(default_gguf(), p, EngineConfig(threads=2), encoder_dir=onnx_encoder_dir,
+                    aggregator_path=onnx_aggregator_path) as engine:  # fmt: skip
+            return Calibrator(engine, budget_s=120.0).run(), engine.profile
+
+    lowercase, profile = calibrate(path)
+    assert lowercase.changes.get("strength", 1.0) > 0, lowercase.summary()
+    assert lowercase.score > lowercase.unsteered_score, lowercase.summary()
+    with Engine(default_gguf(), path, EngineConfig(threads=2, max_tokens=32),
+                encoder_dir=onnx_encoder_dir, aggregator_path=onnx_aggregator_path) as engine:  # fmt: skip
+        outputs = profile.outputs.copy()
+        for i in held_out(profile):
+            outputs[i] = engine.reply(str(profile.inputs[i]), steer=False).text
+    own = replace(profile, outputs=outputs).save(tmp_path / "own.npz")
+    zero_shot, _ = calibrate(own)
+    assert zero_shot.changes.get("strength") == 0.0, zero_shot.summary()

@@ -147,3 +147,24 @@ def test_graph_with_k_near_n_still_returns_the_exact_order(k):
     assert len(set(ids.tolist())) == len(ids)
     np.testing.assert_allclose(sims, want_sims, atol=1e-6)
     assert np.mean(ids == want_ids) >= 0.99  # ids may differ only on exact ties
+
+
+def test_among_limits_the_candidates_and_is_checked():
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(50, 8)).astype(np.float32)
+    index = Index(keys, exact_below=10)  # the graph is built: among must scan exactly anyway
+    assert index.uses_graph
+    q = keys[7]
+    assert index.top_k(q, 1)[0].tolist() == [7]
+    among = np.ones(50, bool)
+    among[7] = False
+    ids, sims = index.top_k(q, 5, among)
+    assert 7 not in ids and len(ids) == 5 and np.all(np.diff(sims) <= 0)
+    full_ids, _ = index.top_k(q, 6)
+    assert ids.tolist() == [i for i in full_ids.tolist() if i != 7][:5]
+    few = np.zeros(50, bool)
+    few[[3, 4]] = True
+    assert sorted(index.top_k(q, 5, few)[0].tolist()) == [3, 4]
+    assert len(index.top_k(q, 5, np.zeros(50, bool))[0]) == 0
+    with pytest.raises(FintsEdgeError, match="bool mask of 50 items"):
+        index.top_k(q, 5, np.ones(49, bool))

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"stop trying settings after this long (default: {DEFAULT_BUDGET_S:g})",
     )
     cal.add_argument(
+        "--aggregator",
+        type=Path,
+        help="aggregator.onnx (default: the one `python -m export.onnx` wrote)",
+    )
+    cal.add_argument(
         "--held-out",
         type=int,
         metavar="N",
@@ -167,7 +172,13 @@ def _calibrate(args: argparse.Namespace, path: Path) -> None:
 
     Profile.load(path)  # its errors first, before the model loads
     config = EngineConfig(n_ctx=args.n_ctx, threads=args.threads, seed=args.seed)
-    with Engine(args.model or default_gguf(), path, config, encoder_dir=args.encoder) as engine:
+    with Engine(
+        args.model or default_gguf(),
+        path,
+        config,
+        encoder_dir=args.encoder,
+        aggregator_path=args.aggregator,
+    ) as engine:
         say = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr))
         calibrator = Calibrator(engine, n_held_out=args.held_out, budget_s=args.budget,
                                 progress=say)  # fmt: skip

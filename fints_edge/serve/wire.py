@@ -227,7 +227,7 @@ def usage(reply: Reply) -> dict[str, int]:
 
 def fints_info(reply: Reply, user: str) -> dict[str, Any]:
     info = reply.to_json()
-    del info["text"], info["prompt_tokens"], info["completion_tokens"]
+    del info["text"], info["prompt_tokens"], info["completion_tokens"], info["setting"]
     return {"user": user, **reply.setting} | info  # the setting the answer was written under
 
 
