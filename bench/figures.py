@@ -204,11 +204,11 @@ def render_eval(results: dict | None) -> list[str]:
         if sweep.get("tried"):
             lines.append(f"Highest dev adherence per strength unit: {_sweep_by_unit(sweep)}.")
         if rule:
-            from evals.fluency import FluencyRule
+            from evals.rule_text import describe_rule
 
             lines.append(
                 f"Fluency check calibrated on {rule.get('calibrated_on')} dev answers of "
-                f"zero-shot and RAG: {FluencyRule(**rule).describe()}."
+                f"zero-shot and RAG: {describe_rule(rule)}."
             )
         lines.append("")
         benchmarks = m.get("benchmarks", {})

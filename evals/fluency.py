@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from evals.rule_text import describe_rule
 from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
 
 __all__ = ["REPETITION_FLOOR", "FluencyRule", "Perplexity", "distinct_2", "nonwords",
@@ -187,8 +188,5 @@ class FluencyRule:
         return asdict(self)
 
     def describe(self) -> str:
-        """The bounds in words, for reports ("repeated word 3-grams <= 0.100, ...")."""
-        kind = "case-folded" if self.casefold else "cased"
-        return (f"repeated word 3-grams <= {self.max_repetition:.3f}, {kind} perplexity <= "
-                f"{self.max_perplexity:.1f}, topic >= {self.min_topic:.3f}, a word pair at most "
-                f"{self.max_phrases:.0f} times, non-words <= {self.max_nonwords:.3f}")  # fmt: skip
+        """The bounds in words, for reports (evals/rule_text.py)."""
+        return describe_rule(self.to_json())
