@@ -204,6 +204,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int) -> tuple[Sett
     from the chat's default, ``rag`` fixed; cached per author and method like the answers."""
     import json
 
+    from fints_edge._atomic import write_text
     from fints_edge.calibrate import Calibrator
 
     base = shipped(ev.n_layer)
@@ -216,7 +217,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int) -> tuple[Sett
         ev.runner.configure(ev.runner.exact, base, rag)
         result = Calibrator(ev.runner.exact, budget_s=CALIBRATION_BUDGET_S, rag=rag).run()
         got = result.to_json()
-        path.write_text(json.dumps(got), encoding="utf-8")
+        write_text(path, json.dumps(got))  # atomic: a crash never leaves half a file
     c = got["changes"]
     strength = float(c.get("strength", base.strength))
     opening = base.opening_strength / base.strength if base.strength else 0.0

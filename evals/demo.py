@@ -59,15 +59,14 @@ def check(rows: Sequence[dict], rule: Any, model: Path, encoder_dir: Path | None
         phrase_count,
         repetition,
         topic_retention,
-        words_in,
+        vocabulary,
     )
     from export.demo import HISTORY, lowercase_share
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
     from fints_edge.history import read_history
 
-    known = set().union(*(words_in(f"{h.input} {h.output}")
-                          for h in read_history(history or HISTORY)))  # fmt: skip
+    known = vocabulary((h.input, h.output) for h in read_history(history or HISTORY))
     ppl = Perplexity(model, n_ctx=512, threads=threads, casefold=rule.casefold)  # as calibrated
     try:
         perplexities = [ppl(r["input"], r["steered"]) for r in rows]
@@ -114,10 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{a['repetition']:.2f}, perplexity {a['perplexity']:.1f}, topic {a['topic']:.2f}, "
               f"pair repeats {a['phrases']:.0f}, non-words {a['nonwords']:.2f}: {verdict}")  # fmt: skip
     print(f"steered demo answers: {got['fluent']}/{got['n']} pass the fluency check "
-          f"(repetition <= {rule.max_repetition:.2f}, perplexity <= {rule.max_perplexity:.1f}, "
-          f"topic >= {rule.min_topic:.2f}, pair repeats <= {rule.max_phrases:.0f}, non-words <= "
-          f"{rule.max_nonwords:.2f}; {'case-folded' if rule.casefold else 'CASED'} perplexity; "
-          f"calibrated by make eval), {got['lowercase']}/{got['n']} "
+          f"({rule.describe()}; calibrated by make eval), {got['lowercase']}/{got['n']} "
           "all lowercase")  # fmt: skip
     if args.record:
         from evals.report import render_all

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from evals.cache import RunCache, run_key
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
 from evals.datasets import LONGLAMP_MINI, UserTask, load_lamp, load_longlamp
-from evals.fluency import words_in
+from evals.fluency import vocabulary
 from evals.personas import DEFAULT_STYLES, load_pool, make_dataset
 from evals.run import Runner, Setting, UserData
 from evals.scoring import BASELINES, Scoring, by_group, summarize
@@ -129,8 +129,8 @@ class Evaluation:
         paths: dict[str, Path] = {}
         todo = []
         for u in users:  # the words a user has written are words (the non-word signal)
-            self.scoring.vocabulary[u.user] = set().union(
-                *(words_in(f"{r['input']} {r['output']}") for r in u.history)
+            self.scoring.vocabulary[u.user] = vocabulary(
+                (r["input"], r["output"]) for r in u.history
             )
             path = self.cache.profiles / f"{tag}-{u.user}.npz"
             if path.is_file():

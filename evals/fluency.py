@@ -30,7 +30,7 @@ the last two signals existed load with the fixed bound and the floor.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,7 +42,7 @@ from evals.rule_text import describe_rule
 from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
 
 __all__ = ["REPETITION_FLOOR", "FluencyRule", "Perplexity", "distinct_2", "nonwords",
-           "phrase_count", "repetition", "topic_retention", "words_in"]  # fmt: skip
+           "phrase_count", "repetition", "topic_retention", "vocabulary", "words_in"]  # fmt: skip
 _WORD = re.compile(r"\w+")
 _LETTERS = re.compile(r"[a-z]+(?:'[a-z]+)?")  # case-folded words; "isn't" is one word
 TOPIC_CAP = 0.5  # the topic bound never asks for more than this cosine
@@ -68,6 +68,11 @@ def _english() -> Any:
 def words_in(text: str) -> set[str]:
     """The case-folded words of a text, as :func:`nonwords` reads them."""
     return set(_LETTERS.findall(text.lower()))
+
+
+def vocabulary(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    """The words of a user's history (input, output) pairs: theirs, for :func:`nonwords`."""
+    return set().union(*(words_in(f"{i} {o}") for i, o in pairs))
 
 
 def nonwords(answer: str, source: str, known: Collection[str] = frozenset()) -> float:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,11 +85,10 @@ def answer_tokens(engine: Engine, outputs: Iterable[str], slack: int = 8, cap: i
 
 def fluent(answer: str) -> bool:
     """The guard: an answer that is empty or loops scores 0 whatever its words."""
-    line = first_line(answer)
     return (
-        bool(line)
+        bool(first_line(answer))
         and repetition(answer) <= REPETITION_FLOOR
-        and phrase_count(answer) <= (PHRASE_FLOOR)
+        and phrase_count(answer) <= PHRASE_FLOOR
     )
 
 
@@ -139,7 +138,7 @@ class Calibration:
             "default_score": self.default_score,
             "held_out": self.held_out,
             "seconds": self.seconds,
-            "tried": [t.__dict__ for t in self.tried],
+            "tried": [asdict(t) for t in self.tried],
         }
 
 
@@ -199,6 +198,8 @@ class Calibrator:
         self.fixed = {} if rag is None else {"rag": rag}
         self.base = engine.config
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
+        # what each held-out item may retrieve: the items older than it (computed once)
+        self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
         self._scored: dict[str, Tried] = {}
 
     def run(self) -> Calibration:
@@ -209,16 +210,15 @@ class Calibrator:
         best = max((default, unsteered), key=lambda t: t.score)  # ties: the default
         budget_hit = False
         for stage in self._stages(stored_layers):
-            if time.perf_counter() - t0 > self.budget_s:
-                budget_hit = True
-                break
             for changes in stage(best):
-                if time.perf_counter() - t0 > self.budget_s:
-                    budget_hit = True
+                budget_hit = time.perf_counter() - t0 > self.budget_s
+                if budget_hit:
                     break
                 got = self.measure(best.changes | changes)
                 if got.score > best.score:
                     best = got
+            if budget_hit:
+                break
         config = replace(base, **best.changes)
         return Calibration(
             changes=best.changes,
@@ -279,7 +279,7 @@ class Calibrator:
                 steer = bool(config.strength)
                 plan = None
                 if steer or config.rag:
-                    plan = engine.planner.plan(text, engine.config, older_than(profile, int(i)))
+                    plan = engine.planner.plan(text, engine.config, self.allowed[int(i)])
                 answer = engine.reply(text, steer=steer, plan=plan).text
                 good = self.guard(answer)
                 scores.append(answer_score(answer, gold) if good else 0.0)

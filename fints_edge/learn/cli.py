@@ -164,13 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _calibrate(args: argparse.Namespace, path: Path) -> None:
-    """Choose the profile's own setting on its newest items and store it (atomic write)."""
+    """Choose the profile's own setting on its newest items and store it (atomic write). The
+    Engine reads the profile, and refuses a bad one, before it loads the model."""
     from fints_edge._paths import default_gguf
     from fints_edge.calibrate import Calibrator
     from fints_edge.config import EngineConfig
     from fints_edge.engine import Engine
 
-    Profile.load(path)  # its errors first, before the model loads
     config = EngineConfig(n_ctx=args.n_ctx, threads=args.threads, seed=args.seed)
     with Engine(
         args.model or default_gguf(),
@@ -185,7 +185,7 @@ def _calibrate(args: argparse.Namespace, path: Path) -> None:
         if say is not None:
             say(f"answering {len(calibrator.items)} held-out items per setting")
         result = calibrator.run()
-    replace(Profile.load(path), calibration=result.to_json()).save(path)
+        replace(engine.profile, calibration=result.to_json()).save(path)
     print(f"{path}: {result.summary()}")
 
 
