@@ -33,7 +33,11 @@ RSS_ITEMS = 1000  # the phone budget's profile size (peak RSS of the chat and of
 # and recorded in results.json as machine.threads, beside the CPU.
 THREADS = {"setup": 1, "setup_1000_t2": 2, "torch_decode_tps_t1": 1, "ttft": 1,
            "chat_peak_rss_mb": 1, "server_peak_rss_mb": 1, "model_load_ms": 1,
-           "build_items_per_s_torch": 2, "learn": 2, "serve": 1}  # fmt: skip
+           "build_items_per_s_torch": 2, "learn": 2, "learn_commit": 1, "calibrate": 2,
+           "serve": 1}  # fmt: skip
+COMMITS = HERE.parent / "evals" / "data" / "commits" / "commits.jsonl"  # real inputs, ~180 tokens
+LONG_INPUT = (150, 220)  # prompt tokens of the items learn_commit_item_s times
+CALIBRATION_ITEMS = 30
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -418,6 +422,94 @@ def learn_bench(model: Path, torch_profile, threads: int, n_add: int = 5) -> dic
     return out
 
 
+def _author_history(n: int) -> tuple[str, list]:
+    """The first author (by name) of the commits benchmark with ``n`` history items, and their
+    newest ``n`` history items, oldest first."""
+    from fints_edge.history import HistoryItem
+
+    rows = [json.loads(line) for line in COMMITS.read_text().splitlines() if line.strip()]
+    by_user: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["split"] == "history":
+            by_user.setdefault(r["user"], []).append(r)
+    user = min(u for u, got in by_user.items() if len(got) >= n)
+    got = sorted(by_user[user], key=lambda r: r["date"])[-n:]
+    return user, [HistoryItem(r["input"], r["output"], timestamp=float(r["date"])) for r in got]
+
+
+def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
+    """On-device learning of real commit items whose prompts are ~180 tokens (one at a time, the
+    negative generated): seconds per item, the figure issue 24 bounds (1 s on 1 thread)."""
+    from fints_edge._paths import default_encoder_dir
+    from fints_edge.encode import Encoder
+    from fints_edge.history import HistoryItem
+    from fints_edge.learn import Learner, Recipe, new_extractor
+    from fints_edge.llama.inject import open_steerable
+
+    rows = [json.loads(line) for line in COMMITS.read_text().splitlines() if line.strip()]
+    items = [HistoryItem(r["input"], r["output"]) for r in rows if r["split"] == "history"]
+    llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
+    try:
+        learner = Learner(new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir()))
+        lengths = [len(learner.extractor.prompt_tokens(i.input)) for i in items]
+        lo, hi = LONG_INPUT
+        chosen = [j for j, n in enumerate(lengths) if lo <= n <= hi][:n_items]
+        if not chosen:  # the data changed: time the longest items instead
+            chosen = [int(j) for j in np.argsort(lengths)[-n_items:]]
+        learner.learn([items[chosen[0]]], progress=False)  # warm
+        item_s = [_timed(lambda j=j: learner.learn([items[j]], progress=False)) for j in chosen]
+    finally:
+        llm.close()
+    return {
+        "learn_commit_item_s": median(item_s),
+        "items": len(chosen),
+        "prompt_tokens_median": median([float(lengths[j]) for j in chosen]),
+        "threads": threads,
+    }
+
+
+def calibrate_bench(model: Path, threads: int) -> dict:
+    """A profile learned from one author's newest 30 commit items, then calibrated with the
+    default budget: seconds to learn it and to calibrate it (issue 24: <= 90 s on 2 cores)."""
+    from fints_edge._paths import default_encoder_dir
+    from fints_edge.calibrate import Calibrator
+    from fints_edge.config import EngineConfig
+    from fints_edge.encode import Encoder
+    from fints_edge.engine import Engine
+    from fints_edge.learn import Learner, Recipe, new_extractor
+    from fints_edge.llama.inject import open_steerable
+
+    user, items = _author_history(CALIBRATION_ITEMS)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "author.npz"
+        llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
+        try:
+            learner = Learner(
+                new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir())
+            )
+            t0 = time.perf_counter()
+            learner.new_profile(items, progress=False).save(path)
+            learn_s = time.perf_counter() - t0
+        finally:
+            llm.close()
+        with Engine(model, path, EngineConfig(threads=threads, n_ctx=1024)) as engine:
+            calibrator = Calibrator(engine)
+            t0 = time.perf_counter()
+            got = calibrator.run()
+            calibrate_s = time.perf_counter() - t0
+    return {
+        "calibrate_s": calibrate_s,
+        "learn_s": learn_s,
+        "history_items": len(items),
+        "held_out": got.held_out,
+        "settings_tried": len(got.tried),
+        "budget_hit": got.budget_hit,
+        "chosen": got.label,
+        "user": user,
+        "threads": threads,
+    }
+
+
 # -- driver ---------------------------------------------------------------------------------------------
 def run(reps: int, sizes: Sequence[int]) -> dict:
     from export.demo import TASK, ensure_profile, snippets
@@ -492,6 +584,11 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     results["learn"] = learn_bench(model, profile, threads=THREADS["learn"])
     results["learn_item_s"] = results["learn"]["learn_item_s"]
     results["build_items_per_s_device"] = results["learn"]["build_items_per_s_device"]
+    print("on-device learning of ~180-token commit items, then calibration...", file=sys.stderr)
+    results["learn_commit"] = learn_commit_bench(model, threads=THREADS["learn_commit"])
+    results["learn_commit_item_s"] = results["learn_commit"]["learn_commit_item_s"]
+    results["calibrate"] = calibrate_bench(model, threads=THREADS["calibrate"])
+    results["calibrate_s_30"] = results["calibrate"]["calibrate_s"]
     print("local server: overhead over the engine, 4 users at once...", file=sys.stderr)
     results["serve"] = serve_bench(
         model, profile_path, queries, reps=reps, threads=THREADS["serve"]

@@ -240,7 +240,8 @@ class Calibrator:
         def rag(_best: Tried) -> list[dict[str, Any]]:
             if self.fixed:
                 return []
-            return [{"rag": 1, "strength": 0.0}, {"rag": 1}]
+            # explicit strengths: merged into an unsteered best, {"rag": 1} would stay unsteered
+            return [{"rag": 1, "strength": 0.0}, {"rag": 1, "strength": base.strength}]
 
         def strength(best: Tried) -> list[dict[str, Any]]:
             s = best.changes.get("strength", base.strength) or base.strength

@@ -134,6 +134,9 @@ def test_a_user_whose_outputs_steering_writes_keeps_steering_and_a_zero_shot_use
     assert picked["steered"].score > picked["steered"].unsteered_score
     assert picked["unsteered"].changes.get("strength") == 0.0, picked["unsteered"].summary()
     assert picked["unsteered"].score > picked["unsteered"].default_score
+    # once "no steering" leads, steering on top of the retrieved example is still measured
+    tried = [t.changes for t in picked["unsteered"].tried]
+    assert {"strength": 40.0, "rag": 1} in tried, tried
 
 
 def test_learn_calibrate_stores_it_and_the_chat_uses_it(

@@ -101,6 +101,64 @@ def test_extraction_leaves_the_context_clean(exact_llm):
     assert not injector.active
 
 
+class _NoKeys:
+    """The learner's encoder, where the keys do not matter."""
+
+    def encode(self, texts):
+        return np.zeros((len(texts), 4), np.float32)
+
+
+def _counting_decodes(llm, monkeypatch) -> list[int]:
+    """Every llama_decode's token count, from here on."""
+    counts: list[int] = []
+    decode = llm._ctx.decode
+
+    def counted(batch):
+        counts.append(batch.n_tokens())
+        return decode(batch)
+
+    monkeypatch.setattr(llm._ctx, "decode", counted)
+    return counts
+
+
+def test_learning_computes_each_prompt_once_with_the_same_signals(exact_llm, monkeypatch):
+    """The learner keeps an item's prompt in the KV cache for its negative and its contrast: one
+    prompt pass fewer per generated negative than calls from a clean context, with the very same
+    negatives and signals; a steered generation left in the context before learning is not
+    reused."""
+    from fints_edge.history import HistoryItem
+    from fints_edge.learn.extract import DeviceExtractor
+    from fints_edge.learn.learner import Learner
+
+    llm, injector = exact_llm
+    ex = DeviceExtractor(llm, injector, [1, 3], ("attn", "mlp"))
+    items = [HistoryItem(text, chosen) for text, chosen, _ in PAIRS]
+    items.append(HistoryItem(*PAIRS[0]))  # a given negative: the contrast alone
+    learner = Learner(ex, _NoKeys(), max_new_tokens=8)
+
+    clean = _counting_decodes(llm, monkeypatch)
+    want = learner.negative  # each call from a clean context (outside reusing_prompts)
+    negatives = [want(i.input, 0) for i in items[:3]] + [PAIRS[0][2]]
+    ref = [ex.signal(i.input, i.output, n) for i, n in zip(items, negatives, strict=True)]
+    plain = sum(clean)
+
+    injector.set(np.ones((2, 2, 64), np.float32), ("attn", "mlp"), [1, 3])
+    try:  # a steered answer to the first prompt, left in the cache
+        ex.llm.create_completion(ex.prompt_tokens(items[0].input), max_tokens=4)
+    finally:
+        injector.clear()
+    clean.clear()
+    got = learner.learn(items, progress=False)
+    prompts = [len(ex.prompt_tokens(i.input)) for i in items]
+    assert sum(clean) == plain - sum(prompts[:3]), (sum(clean), plain, prompts)
+    assert [p.rejected for p in got.pairs] == negatives
+    signals = np.stack([r.signal for r in ref])
+    assert np.abs(signals).max() > 1e-2
+    np.testing.assert_array_equal(got.signals, signals)  # the same computation, bit for bit
+    np.testing.assert_array_equal(got.opening, np.stack([r.opening for r in ref]))
+    assert llm.n_tokens == 0  # nothing left cached for the next user of the context
+
+
 def test_extractor_refuses_bad_layers_and_steering(exact_llm):
     from fints_edge.learn.extract import DeviceExtractor
 

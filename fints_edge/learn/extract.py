@@ -3,6 +3,9 @@
 For one history item, the prompt is decoded once, then the chosen and the rejected answer are each
 decoded after it (the KV cache is rewound in between), with the eval callback copying the site
 tensors of the steered layers at the answer positions. Signal = mean(chosen) - mean(rejected).
+Within :meth:`DeviceExtractor.reusing_prompts` (the learner's loop) the contrast reuses the KV of
+the prompt its negative's generation computed (the same pass from position 0 that the contrast
+would make: the same numbers, one prompt pass fewer per item).
 
 Graph tensors per site come from ``fints_edge.llama.arch`` (torch twins in ``export/extract.py``); for
 llama: attention ``attn_out-L`` (reading ``output``) or ``ffn_inp-L`` (``residual``), MLP
@@ -19,7 +22,8 @@ computes the last layer for the final position only (a mean over one token).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +101,21 @@ class DeviceExtractor:
         # Only the last layer needs every position's logits requested (its rows are pruned).
         self._every_position = self.layers[-1] == n_layer - 1
         self._out_names = [graph.layer_output(j) for j in self.layers]
+        self._reusing = False
+        self._held: tuple[int, ...] = ()  # tokens whose unsteered KV this extractor left cached
+
+    @contextmanager
+    def reusing_prompts(self) -> Iterator[DeviceExtractor]:
+        """Within: the prompt computed for an item's negative is reused by its contrast. Only this
+        extractor may use the context meanwhile; it is cleared on the way in and out, so nothing
+        computed elsewhere (steered, or another prompt) is ever reused."""
+        self._clear()
+        self._reusing = True
+        try:
+            yield self
+        finally:
+            self._reusing = False
+            self._clear()
 
     # -- tokens, laid out exactly as export.extract.prompt_ids / encode_pair do -------------------
     def prompt_tokens(self, text: str) -> list[int]:
@@ -136,9 +155,8 @@ class DeviceExtractor:
         norms = np.zeros(len(self.layers))
         tapped = [r.names for row in self._readings for r in row] + [tuple(self._out_names)]
         names = list(dict.fromkeys(n for group in tapped for n in group))
-        self._clear()
         try:
-            self._decode(prompt, 0, every_position=False)
+            self._hold(prompt)
             for which, answer in enumerate(answers):
                 forget_tokens(self.llm, keep=len(prompt))  # rewind to the prompt
                 with self.injector.tapping(names) as taps:
@@ -155,8 +173,12 @@ class DeviceExtractor:
                     norms = np.array(
                         [np.linalg.norm(rows[n], axis=-1).mean() for n in self._out_names]
                     )
-        finally:
+            forget_tokens(self.llm, keep=len(prompt))  # the prompt stays, its count right
+        except BaseException:
             self._clear()
+            raise
+        finally:
+            self._release()
         return ItemSignal(
             (means[0] - means[1]).astype(np.float32),
             norms.astype(np.float32),
@@ -177,6 +199,30 @@ class DeviceExtractor:
     def _clear(self) -> None:
         """Forget every cached token, so the next decode or generation starts from nothing."""
         forget_tokens(self.llm)
+        self._held = ()
+
+    def _hold(self, prompt: Sequence[int]) -> None:
+        """Leave ``prompt`` computed in the KV cache and the Llama counting just its tokens:
+        kept from the item's negative within :meth:`reusing_prompts`, else decoded from
+        position 0 in one pass, as the negative's generation decodes it (the same numbers)."""
+        n = len(prompt)
+        if self._reusing and self._held[:n] == tuple(prompt):
+            forget_tokens(self.llm, keep=n)
+            return
+        self._clear()
+        try:
+            self.llm.eval(list(prompt))
+        except RuntimeError as e:
+            self._clear()
+            self.injector.raise_error()  # the likelier cause when there is one
+            raise decode_error(e, self.llm, _ITEM_FIX) from e
+        self.injector.raise_error()
+        self._held = tuple(prompt)
+
+    def _release(self) -> None:
+        """After a call: outside :meth:`reusing_prompts`, leave nothing cached."""
+        if not self._reusing:
+            self._clear()
 
     def _decode(self, tokens: Sequence[int], n_past: int, *, every_position: bool) -> None:
         llm = self.llm
@@ -196,12 +242,13 @@ class DeviceExtractor:
         """Greedy on the first attempt, sampled (T 0.9, top-p 0.95) on a retry; never steered."""
         if self.injector.active:
             raise FintsEdgeError("clear steering before generating a negative")
-        self._clear()
+        prompt = self.prompt_tokens(text)
         sampling = RETRY_SAMPLING if attempt else {"temperature": 0.0, "top_p": 0.95}
+        self._clear()
         try:  # not create_completion: its budget fails on unfinished UTF-8 (fints_edge.generate)
-            return complete(
+            answer = complete(
                 self.llm,
-                self.prompt_tokens(text),
+                prompt,
                 max_tokens,
                 seed=seed + attempt,
                 temperature=sampling["temperature"],
@@ -209,5 +256,10 @@ class DeviceExtractor:
                 injector=self.injector,
                 fix=_ITEM_FIX,
             )
-        finally:
+            self._held = tuple(prompt)  # decoded from position 0 in one pass, answer after it
+            return answer
+        except BaseException:
             self._clear()
+            raise
+        finally:
+            self._release()

@@ -1,9 +1,9 @@
 """History items -> profile items with one model and one encoder: the contrast pairs
 (``pairs``), their signals read through llama.cpp's eval callback (``extract``), the keys.
 
-Each item costs one generation (the model's own unsteered answer, the default negative, unless
-the item gives ``rejected``) and the decodes of the contrast, on the same quantized model the
-chat uses. The command line is ``fints_edge.learn.cli``.
+Each item costs one prompt pass, one generation (the model's own unsteered answer, the default
+negative, unless the item gives ``rejected``) and the decodes of the contrast, on the same
+quantized model the chat uses: the negative and the contrast reuse the prompt's KV cache. The command line is ``fints_edge.learn.cli``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from fints_edge.encode import Encoder
 from fints_edge.history import HistoryItem
-from fints_edge.learn.extract import DEFAULT_ANSWER_TOKENS, DeviceExtractor
+from fints_edge.learn.extract import DEFAULT_ANSWER_TOKENS, DeviceExtractor, ItemSignal
 from fints_edge.learn.pairs import DEFAULT_ROUGE_THRESHOLD, ContrastPair, build_pairs
 from fints_edge.profile import Profile
 
@@ -55,17 +54,24 @@ class Learner:
         return self.extractor.own_answer(text, attempt, self.max_new_tokens, self.seed)
 
     def learn(self, items: Sequence[HistoryItem], *, progress: bool = True) -> Learned:
-        pairs, report = build_pairs(
-            items, self.negative, threshold=self.rouge_threshold, progress=progress
-        )
+        got: list[ItemSignal] = []
+
+        def contrast(p: ContrastPair) -> None:  # right after its negative: the prompt is cached
+            got.append(self.extractor.signal(p.input, p.chosen, p.rejected))
+
+        with self.extractor.reusing_prompts():
+            pairs, report = build_pairs(
+                items,
+                self.negative,
+                threshold=self.rouge_threshold,
+                progress=progress,
+                on_pair=contrast,
+            )
         if progress:
             print(report.summary(), file=sys.stderr)
-        signals, norms, opening = [], [], []
-        for p in tqdm(pairs, desc="signals", unit="item", disable=not progress):
-            got = self.extractor.signal(p.input, p.chosen, p.rejected)
-            signals.append(got.signal)
-            norms.append(got.residual_norms)
-            opening.append(got.opening)
+        signals = [g.signal for g in got]
+        norms = [g.residual_norms for g in got]
+        opening = [g.opening for g in got]
         now = time.time()
         stamps = [items[p.index].timestamp for p in pairs]
         return Learned(

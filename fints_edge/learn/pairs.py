@@ -98,8 +98,11 @@ def build_pairs(
     *,
     threshold: float = DEFAULT_ROUGE_THRESHOLD,
     progress: bool = True,
+    on_pair: Callable[[ContrastPair], None] | None = None,
 ) -> tuple[list[ContrastPair], PairReport]:
-    """Pair every item with a negative; ``negative`` may be None when all items carry one."""
+    """Pair every item with a negative; ``negative`` may be None when all items carry one.
+    ``on_pair`` sees each pair as soon as it is made (the device learner extracts its signal
+    while the item's prompt is still in the KV cache)."""
     rouge = FormAwareRougeL()
     pairs: list[ContrastPair] = []
     report = PairReport()
@@ -108,6 +111,8 @@ def build_pairs(
             if item.rejected.strip() != item.output.strip():
                 pairs.append(ContrastPair(i, item.input, item.output, item.rejected))
                 report.given += 1
+                if on_pair is not None:
+                    on_pair(pairs[-1])
             else:
                 report.dropped.append(i)
             continue
@@ -123,6 +128,8 @@ def build_pairs(
         if not passed:
             report.close.append(i)
         pairs.append(ContrastPair(i, item.input, item.output, rejected))
+        if on_pair is not None:
+            on_pair(pairs[-1])
     report.kept = len(pairs)
     if not pairs:
         raise NoUsableItems(

@@ -14,13 +14,15 @@ from fints_edge.errors import FintsEdgeError
 
 
 def forget_tokens(llm: Any, keep: int = 0) -> None:
-    """Drop the cached tokens (KV included) from position ``keep`` on; ``keep=0`` also resets the
-    Llama's own token count, so the next decode or generation starts from nothing."""
+    """Drop the cached tokens (KV included) from position ``keep`` on, and cut the Llama's own
+    token count to match (``Llama.eval`` and ``Llama.generate`` continue from it: a generation
+    whose prompt starts with the kept tokens reuses their KV); ``keep=0`` starts from nothing."""
     if keep == 0:
         llm.reset()
         llm._ctx.kv_cache_clear()
     else:
         llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        llm.n_tokens = min(llm.n_tokens, keep)
 
 
 def decode_at(llm: Any, tokens: Sequence[int], n_past: int, *, logits_all: bool) -> None:
