@@ -19,6 +19,8 @@ TARGETS = {  # issue 17's, and the earlier ones it keeps
     "chat_peak_rss_mb": ("<=", 400.0),
     "edge_vs_torch_decode_speedup": (">=", 5.0),
     "profile_bytes_per_item_per_layer": ("<=", 4096),
+    "learn_commit_item_s": ("<=", 1.0),  # issue 24: a ~180-token item on 1 thread
+    "calibrate_s_30": ("<=", 90.0),  # issue 24: a 30-item profile, default budget, 2 cores
 }
 
 
@@ -83,6 +85,8 @@ def render_readme(r: dict) -> str:
         "build_items_per_s_torch",
         "build_items_per_s_device",
         "learn_item_s",
+        "learn_commit_item_s",
+        "calibrate_s_30",
     ):
         if r.get(key) is None:
             continue
@@ -171,6 +175,22 @@ def render_readme(r: dict) -> str:
             f"\n`learn_item_s` {lr['learn_item_s']:.2f} s: one item whose negative the model "
             "generates (48 tokens), then the prompt and both answers decoded with the callback."
         )
+        if "learn_commit" in r:
+            lc = r["learn_commit"]
+            lines.append(
+                f"\n`learn_commit_item_s` {lc['learn_commit_item_s']:.2f} s: the same for real "
+                f"commit items (`evals/data/commits`) whose prompts are {lc['prompt_tokens_median']:.0f} "
+                f"tokens (median of {lc['items']}), {lc['threads']} thread."
+            )
+        if "calibrate" in r:
+            c = r["calibrate"]
+            lines.append(
+                f"\n`calibrate_s_30` {c['calibrate_s']:.1f} s: calibrating a profile learned from "
+                f"{c['history_items']} commit items of `{c['user']}` ({c['learn_s']:.0f} s to learn, "
+                f"{c['threads']} threads): {c['held_out']} held-out items, {c['settings_tried']} "
+                f"settings measured{', the budget reached' if c['budget_hit'] else ''}; chose "
+                f"{c['chosen']}."
+            )
     e = r["encoder"]
     lines += [
         "",
@@ -257,7 +277,21 @@ def render_readme(r: dict) -> str:
             "method kept steering the prompt (prompt strength 1; 0 tied on dev), so the prompt's "
             "KV depends on the steering and cannot be computed while the encoder runs."
         )
-    explained = ("setup_ms_1k", "edge_vs_torch_decode_speedup", "exact_decode_ratio", "ttft_ratio")
+    if "learn_commit_item_s" in missed:
+        lc, s1 = r["learn_commit"], r["speed_t1"]
+        prompt_s = lc["prompt_tokens_median"] / s1["unsteered_prompt_tps"]
+        negative_s = 48 / s1["unsteered_decode_tps"]
+        lines.append(
+            f"- `learn_commit_item_s`: {r['learn_commit_item_s']:.2f} s for an item whose prompt is "
+            f"{lc['prompt_tokens_median']:.0f} tokens (median of {lc['items']}, 1 thread). The prompt "
+            f"is computed once (the contrast reuses its KV): {prompt_s:.2f} s at this machine's "
+            f"{s1['unsteered_prompt_tps']:.0f} tok/s; the 48-token negative another "
+            f"{negative_s:.2f} s at {s1['unsteered_decode_tps']:.0f} tok/s; the rest is the two "
+            "answers decoded with the callback, and a second, sampled negative for items whose "
+            "first one resembles the output (the ROUGE-L filter)."
+        )
+    explained = ("setup_ms_1k", "edge_vs_torch_decode_speedup", "exact_decode_ratio", "ttft_ratio",
+                 "learn_commit_item_s")  # fmt: skip
     for k in missed:
         if k not in explained:
             lines.append(
