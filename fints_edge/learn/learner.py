@@ -3,7 +3,8 @@
 
 Each item costs one prompt pass, one generation (the model's own unsteered answer, the default
 negative, unless the item gives ``rejected``) and the decodes of the contrast, on the same
-quantized model the chat uses: the negative and the contrast reuse the prompt's KV cache. The command line is ``fints_edge.learn.cli``.
+quantized model the chat uses: the contrast reuses the KV cache of the prompt the negative's
+generation computed. The command line is ``fints_edge.learn.cli``.
 """
 
 from __future__ import annotations
