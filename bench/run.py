@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -422,35 +423,47 @@ def learn_bench(model: Path, torch_profile, threads: int, n_add: int = 5) -> dic
     return out
 
 
+def _commit_history() -> list[dict]:
+    """The commits benchmark's history rows (every author's), as shipped."""
+    rows = [json.loads(line) for line in COMMITS.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["split"] == "history"]
+
+
 def _author_history(n: int) -> tuple[str, list]:
     """The first author (by name) of the commits benchmark with ``n`` history items, and their
     newest ``n`` history items, oldest first."""
     from fints_edge.history import HistoryItem
 
-    rows = [json.loads(line) for line in COMMITS.read_text().splitlines() if line.strip()]
     by_user: dict[str, list[dict]] = {}
-    for r in rows:
-        if r["split"] == "history":
-            by_user.setdefault(r["user"], []).append(r)
+    for r in _commit_history():
+        by_user.setdefault(r["user"], []).append(r)
     user = min(u for u, got in by_user.items() if len(got) >= n)
     got = sorted(by_user[user], key=lambda r: r["date"])[-n:]
     return user, [HistoryItem(r["input"], r["output"], timestamp=float(r["date"])) for r in got]
 
 
-def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
-    """On-device learning of real commit items whose prompts are ~180 tokens (one at a time, the
-    negative generated): seconds per item, the figure issue 24 bounds (1 s on 1 thread)."""
+@contextmanager
+def _device_learner(model: Path, threads: int) -> Iterator[Any]:
+    """A Learner for new profiles (the CLI's recipe) on an exact-mode context, closed after."""
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
-    from fints_edge.history import HistoryItem
     from fints_edge.learn import Learner, Recipe, new_extractor
     from fints_edge.llama.inject import open_steerable
 
-    rows = [json.loads(line) for line in COMMITS.read_text().splitlines() if line.strip()]
-    items = [HistoryItem(r["input"], r["output"]) for r in rows if r["split"] == "history"]
     llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
     try:
-        learner = Learner(new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir()))
+        yield Learner(new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir()))
+    finally:
+        llm.close()
+
+
+def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
+    """On-device learning of real commit items whose prompts are ~180 tokens (one at a time, the
+    negative generated): seconds per item, the figure issue 24 bounds (1 s on 1 thread)."""
+    from fints_edge.history import HistoryItem
+
+    items = [HistoryItem(r["input"], r["output"]) for r in _commit_history()]
+    with _device_learner(model, threads) as learner:
         lengths = [len(learner.extractor.prompt_tokens(i.input)) for i in items]
         lo, hi = LONG_INPUT
         chosen = [j for j, n in enumerate(lengths) if lo <= n <= hi][:n_items]
@@ -458,8 +471,6 @@ def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
             chosen = [int(j) for j in np.argsort(lengths)[-n_items:]]
         learner.learn([items[chosen[0]]], progress=False)  # warm
         item_s = [_timed(lambda j=j: learner.learn([items[j]], progress=False)) for j in chosen]
-    finally:
-        llm.close()
     return {
         "learn_commit_item_s": median(item_s),
         "items": len(chosen),
@@ -471,27 +482,17 @@ def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
 def calibrate_bench(model: Path, threads: int) -> dict:
     """A profile learned from one author's newest 30 commit items, then calibrated with the
     default budget: seconds to learn it and to calibrate it (issue 24: <= 90 s on 2 cores)."""
-    from fints_edge._paths import default_encoder_dir
     from fints_edge.calibrate import Calibrator
     from fints_edge.config import EngineConfig
-    from fints_edge.encode import Encoder
     from fints_edge.engine import Engine
-    from fints_edge.learn import Learner, Recipe, new_extractor
-    from fints_edge.llama.inject import open_steerable
 
     user, items = _author_history(CALIBRATION_ITEMS)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "author.npz"
-        llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
-        try:
-            learner = Learner(
-                new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir())
-            )
+        with _device_learner(model, threads) as learner:
             t0 = time.perf_counter()
             learner.new_profile(items, progress=False).save(path)
             learn_s = time.perf_counter() - t0
-        finally:
-            llm.close()
         with Engine(model, path, EngineConfig(threads=threads, n_ctx=1024)) as engine:
             calibrator = Calibrator(engine)
             t0 = time.perf_counter()

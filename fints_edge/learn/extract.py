@@ -155,7 +155,7 @@ class DeviceExtractor:
         norms = np.zeros(len(self.layers))
         tapped = [r.names for row in self._readings for r in row] + [tuple(self._out_names)]
         names = list(dict.fromkeys(n for group in tapped for n in group))
-        try:
+        with self._call():
             self._hold(prompt)
             for which, answer in enumerate(answers):
                 forget_tokens(self.llm, keep=len(prompt))  # rewind to the prompt
@@ -173,12 +173,7 @@ class DeviceExtractor:
                     norms = np.array(
                         [np.linalg.norm(rows[n], axis=-1).mean() for n in self._out_names]
                     )
-            forget_tokens(self.llm, keep=len(prompt))  # the prompt stays, its count right
-        except BaseException:
-            self._clear()
-            raise
-        finally:
-            self._release()
+            forget_tokens(self.llm, keep=len(prompt))  # the prompt stays, the answers go
         return ItemSignal(
             (means[0] - means[1]).astype(np.float32),
             norms.astype(np.float32),
@@ -202,25 +197,26 @@ class DeviceExtractor:
         self._held = ()
 
     def _hold(self, prompt: Sequence[int]) -> None:
-        """Leave ``prompt`` computed in the KV cache and the Llama counting just its tokens:
-        kept from the item's negative within :meth:`reusing_prompts`, else decoded from
-        position 0 in one pass, as the negative's generation decodes it (the same numbers)."""
+        """Leave ``prompt`` computed in the KV cache: kept from the item's negative within
+        :meth:`reusing_prompts`, else decoded from position 0 in one pass, as the negative's
+        generation decodes it (the same numbers)."""
         n = len(prompt)
         if self._reusing and self._held[:n] == tuple(prompt):
             forget_tokens(self.llm, keep=n)
             return
         self._clear()
-        try:
-            self.llm.eval(list(prompt))
-        except RuntimeError as e:
-            self._clear()
-            self.injector.raise_error()  # the likelier cause when there is one
-            raise decode_error(e, self.llm, _ITEM_FIX) from e
-        self.injector.raise_error()
+        self._decode(prompt, 0, every_position=False)
         self._held = tuple(prompt)
 
-    def _release(self) -> None:
-        """After a call: outside :meth:`reusing_prompts`, leave nothing cached."""
+    @contextmanager
+    def _call(self) -> Iterator[None]:
+        """Around a call: a failure leaves nothing cached; outside :meth:`reusing_prompts`,
+        neither does success."""
+        try:
+            yield
+        except BaseException:
+            self._clear()
+            raise
         if not self._reusing:
             self._clear()
 
@@ -245,7 +241,7 @@ class DeviceExtractor:
         prompt = self.prompt_tokens(text)
         sampling = RETRY_SAMPLING if attempt else {"temperature": 0.0, "top_p": 0.95}
         self._clear()
-        try:  # not create_completion: its budget fails on unfinished UTF-8 (fints_edge.generate)
+        with self._call():  # not create_completion: its budget fails on unfinished UTF-8
             answer = complete(
                 self.llm,
                 prompt,
@@ -257,9 +253,4 @@ class DeviceExtractor:
                 fix=_ITEM_FIX,
             )
             self._held = tuple(prompt)  # decoded from position 0 in one pass, answer after it
-            return answer
-        except BaseException:
-            self._clear()
-            raise
-        finally:
-            self._release()
+        return answer
