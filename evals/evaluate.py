@@ -349,14 +349,19 @@ def run_benchmarks(ev: Evaluation) -> dict[str, Any]:
         benches["personas-conditional"] = users_of(rows)
     if not benches and "commits" in args.skip:
         raise FintsEdgeError("--skip left no benchmark to run")
-    results: dict[str, Any] = {"benchmarks": {}}
+    results: dict[str, Any] = {"benchmarks": {}, "minutes": {}}  # where a run's time goes
     all_preds: list[dict] = []
     if benches:
+        t0 = time.perf_counter()
         all_preds += persona_benchmarks(ev, benches, results)
+        synthetic = [b for b in results["benchmarks"] if b != "commits"]
+        results["minutes"]["+".join(synthetic)] = round((time.perf_counter() - t0) / 60, 1)
     if "commits" not in args.skip:
         from evals.commits_bench import commits_benchmark
 
+        t0 = time.perf_counter()
         all_preds += commits_benchmark(ev, results)
+        results["minutes"]["commits"] = round((time.perf_counter() - t0) / 60, 1)
     results["failed_profiles"] = ev.failed_profiles
     results["cache"] = {"answers": len(ev.cache), "reused": ev.cache.reused}
     return results | {"predictions": all_preds}

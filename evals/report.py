@@ -49,7 +49,8 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
     pred_path = predictions_file(out, model_name)
     if old is not None and "sweep" not in entry and "sweep" in old:
         # a run of the real-data benchmarks alone: the synthetic ones' results stay
-        runs = {b: {"command": entry["command"], "seconds": entry["seconds"]}
+        runs = {b: {"command": entry["command"], "seconds": entry["seconds"],
+                    "minutes": entry.get("minutes", {}).get(b)}
                 for b in entry["benchmarks"]}  # fmt: skip
         entry = old | {"benchmarks": old["benchmarks"] | entry["benchmarks"],
                        "runs": old.get("runs", {}) | runs}  # fmt: skip
