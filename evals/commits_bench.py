@@ -48,6 +48,10 @@ CALIBRATION_BUDGET_S = 60.0
 # dev candidates around the product default: strength (residual units) x prompt strength
 DEV_STRENGTHS = (0.0625, 0.125, 0.25)
 DEV_PROMPT = (1.0, 0.0)
+# steering alone also at these strengths (prompt strength 1): with zero-shot as strength 0, the
+# model's steerability curve (docs/eval/steerability.png: where steering starts to move the
+# answer toward the author and where it breaks the text), and candidates like the others
+STEERABILITY_STRENGTHS = (0.03125, 0.5, 1.0)
 
 
 def shipped(n_layer: int) -> Setting:
@@ -68,10 +72,33 @@ def shipped(n_layer: int) -> Setting:
 
 
 def candidates(n_layer: int) -> list[Setting]:
+    return _around(n_layer, [(s, p) for p in DEV_PROMPT for s in DEV_STRENGTHS])
+
+
+def steerability_settings(n_layer: int) -> list[Setting]:
+    """Steering alone at the steerability strengths (prompt strength 1): measured on dev for
+    the curve, not candidates (the dev choice stays the one the candidates make)."""
+    return _around(n_layer, [(s, 1.0) for s in STEERABILITY_STRENGTHS])
+
+
+def _around(n_layer: int, grid: Sequence[tuple[float, float]]) -> list[Setting]:
+    """The chat's global default at each (strength, prompt strength)."""
     base = shipped(n_layer)
     out = [replace(base, strength=s, opening_strength=s * DEFAULTS.opening_scale,
-                   prompt_strength=p) for p in DEV_PROMPT for s in DEV_STRENGTHS]  # fmt: skip
+                   prompt_strength=p) for s, p in grid]  # fmt: skip
     return sorted(set(out), key=lambda s: (-s.prompt_strength, s.strength))
+
+
+def product_default(ev: Evaluation) -> Setting:
+    """What a user of this model gets without calibration: the chat's global default with the
+    model's row (fints_edge.model_defaults) applied; calibration starts from it."""
+    from fints_edge.model_defaults import model_changes
+
+    base, row = shipped(ev.n_layer), model_changes(ev.identity)
+    strength = float(row.get("strength", base.strength))
+    return replace(base, strength=strength, opening_strength=strength * DEFAULTS.opening_scale,
+                   k=int(row.get("k", base.k)),
+                   prompt_strength=float(row.get("prompt_strength", base.prompt_strength)))  # fmt: skip
 
 
 def pick_users(n: int | None) -> list[UserData]:
@@ -116,6 +143,14 @@ def score(ev: Evaluation, preds: list[dict], unsteered: dict) -> list[dict]:
     return preds
 
 
+def _dev_scores(preds: Sequence[dict]) -> dict[str, float]:
+    """What the dev split says of one setting: the objective, its parts, the habits kept."""
+    sc = _objective(preds)
+    return {"rougeL_fluent": sc[0], "fluent": sc[1],
+            "rougeL": float(np.mean([p["rougeL"] for p in preds])),
+            "style": float(np.mean([p["style"] for p in preds])), "n": len(preds)}  # fmt: skip
+
+
 def _objective(preds: Sequence[dict]) -> tuple[float, float]:
     return (float(np.mean([p["rougeL_fluent"] for p in preds])),
             float(np.mean([p["fluent"] for p in preds])))  # fmt: skip
@@ -140,6 +175,7 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         rule = ev.scoring.calibrate(dev)
         score(ev, dev, ev.unsteered(dev))  # judged by the rule now: fluent, ROUGE-L of fluent
         say(f"{NAME}: fluency rule {rule}")
+        baselines = {m: _dev_scores([p for p in dev if p["method"] == m]) for m in BASELINES}
         chosen, tried = {}, []
         for family, method in (("steer", "fints-exact"), ("rag", "fints+rag-1")):
             best, best_score = None, (-1.0, -1.0)
@@ -149,12 +185,19 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
                 score(ev, got, ev.unsteered(dev))
                 sc = _objective(got)
                 tried.append({"family": family, "method": method, "label": s.label(),
-                              "setting": s.to_json(), "rougeL_fluent": sc[0], "fluent": sc[1],
-                              "rougeL": float(np.mean([p["rougeL"] for p in got])),
-                              "n": len(got)})  # fmt: skip
+                              "setting": s.to_json(), **_dev_scores(got)})  # fmt: skip
                 if sc > best_score:
                     best, best_score = s, sc
                 dev += got
+            if family == "steer":  # the curve's other points (docs/eval/steerability.png)
+                for s in steerability_settings(ev.n_layer):
+                    got = first_lines(ev.answer(NAME, users, "dev", method, s,
+                                                desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
+                    score(ev, got, ev.unsteered(dev))
+                    tried.append({"family": "steerability", "method": method,
+                                  "label": s.label(), "setting": s.to_json(),
+                                  **_dev_scores(got)})  # fmt: skip
+                    dev += got
             assert best is not None
             chosen[family] = best
             say(f"{NAME}: chosen on dev for {method}: {best.label()} (ROUGE-L of fluent "
@@ -163,12 +206,12 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         for method in METHODS:
             s = chosen["rag"] if method.startswith("fints+rag") else chosen["steer"]
             test += ev.answer(NAME, users, "test", method, s)
-        calibrations = {}
+        calibrations, start = {}, product_default(ev)
         for method, rag in CALIBRATED_METHODS.items():
             for u in users:
                 if u.user not in ev.profiles:
                     continue
-                s, calibrations[(method, u.user)] = calibrated(ev, u, method, rag)
+                s, calibrations[(method, u.user)] = calibrated(ev, u, method, rag, start)
                 test += ev.answer(NAME, [u], "test", method, s)
         first_lines(test)
         score(ev, test, ev.unsteered(test))
@@ -184,13 +227,14 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
                   "dev": sum(len(u.dev) for u in users), "test": sum(len(u.test) for u in users)},
         "split": "test",
         "fluency_rule": rule.to_json(),
-        "dev": {"tried": tried, "chosen": {f: s.to_json() for f, s in chosen.items()},
+        "dev": {"tried": tried, "baselines": baselines,
+                "chosen": {f: s.to_json() for f, s in chosen.items()},
                 "chosen_label": {f: s.label() for f, s in chosen.items()},
                 "shipped_label": shipped(ev.n_layer).label()},
         "setting": {f: s.label() for f, s in chosen.items()},
         "methods": table,
         "examples": examples(test, users),
-        "calibration": {"budget_s": CALIBRATION_BUDGET_S, "from": shipped(ev.n_layer).label(),
+        "calibration": {"budget_s": CALIBRATION_BUDGET_S, "from": start.label(),
                         "users": [{"method": m, "user": user, **c}
                                   for (m, user), c in calibrations.items()]},  # fmt: skip
         "errors": [{"method": p["method"], "user": p["user"], "error": p["error"]}
@@ -199,16 +243,19 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
     return dev + test
 
 
-def calibrated(ev: Evaluation, u: UserData, method: str, rag: int) -> tuple[Setting, dict]:
+def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
+               base: Setting) -> tuple[Setting, dict]:  # fmt: skip
     """The author's own setting: fints_edge.calibrate on their profile (history items only),
-    from the chat's default, ``rag`` fixed; cached per author and method like the answers."""
+    from ``base`` (the model's product default), ``rag`` fixed; cached per author, method and
+    starting point like the answers."""
+    import hashlib
     import json
 
     from fints_edge._atomic import write_text
     from fints_edge.calibrate import Calibrator
 
-    base = shipped(ev.n_layer)
-    path = ev.cache.folder / f"calibration-{method}-{u.user}.json"
+    start = hashlib.sha256(base.label().encode()).hexdigest()[:8]
+    path = ev.cache.folder / f"calibration-{method}-{u.user}-{start}.json"
     if path.is_file():
         got = json.loads(path.read_text(encoding="utf-8"))
     else:

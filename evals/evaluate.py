@@ -40,7 +40,7 @@ from evals.sweep import Grid, sweep
 from fints_edge._cli import cli_main
 from fints_edge._paths import default_gguf
 from fints_edge.errors import FintsEdgeError
-from fints_edge.layers import SITES
+from fints_edge.layers import CANDIDATE_LAYER_FRACTIONS, SITES, layer_at
 from fints_edge.zoo import sha256_of
 
 METHODS = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
@@ -65,7 +65,9 @@ class Budget:
     max_tokens: int = 48
 
 
-QUICK = Budget(8, 8, 6, 12, 3, 4, Grid((0.6, 0.67, 0.73), (2.0, 4.0, 8.0), (3, 8), (0.1,)), 2)
+# the quick sweep's layers are the ones a profile built for calibration stores
+QUICK = Budget(8, 8, 6, 12, 3, 4,
+               Grid(CANDIDATE_LAYER_FRACTIONS, (2.0, 4.0, 8.0), (3, 8), (0.1,)), 2)  # fmt: skip
 FULL = Budget(16, 16, 10, 16, 5, 8,
               Grid((0.47, 0.6, 0.67, 0.73, 0.8), (1.0, 2.0, 4.0, 6.0, 8.0), (1, 3, 5, 8, 16),
                    (0.05, 0.1, 0.2)), 4)  # fmt: skip
@@ -90,7 +92,7 @@ class Evaluation:
                  model: Path) -> None:  # fmt: skip
         from fints_edge._paths import default_encoder_dir
         from fints_edge.encode import Encoder
-        from fints_edge.llama.model import n_layers, open_llama
+        from fints_edge.llama.model import identity_from_llama, n_layers, open_llama
 
         self.args, self.plan, self.model = args, plan, model
         self.sha256 = sha256_of(model)
@@ -105,9 +107,9 @@ class Evaluation:
                                ppl_file=self.cache.folder / "perplexity-casefold.jsonl")  # fmt: skip
         llm = open_llama(model, n_ctx=64, n_threads=args.threads)
         self.n_layer = n_layers(llm)
+        self.identity = identity_from_llama(llm)  # names the model's row of model_defaults
         llm.close()
-        self.layers = sorted({max(1, min(self.n_layer - 1, round(f * self.n_layer)))
-                              for f in plan.grid.layer_fracs})  # fmt: skip
+        self.layers = sorted({layer_at(f, self.n_layer) for f in plan.grid.layer_fracs})
         self.runner: Runner | None = None
         self.profiles: dict[str, Path] = {}
         self.failed_profiles: dict[str, str] = {}

@@ -83,6 +83,7 @@ def render_all(out: Path, results: dict | None = None) -> None:
         out / "results.json", json.dumps(results, indent=1, ensure_ascii=False) + "\n"
     )
     plot_pareto(results, out / "pareto.png")
+    plot_steerability(results, out / STEERABILITY_PNG)
     atomic_write_text(out / "README.md", render(results, preds))
 
 
@@ -391,6 +392,7 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
         "",
         "![fluent adherence against added time to first token](pareto.png)",
         "",
+        *steerability_lines(results),
     ]
     for name, e in results["models"].items():
         lines += [
@@ -437,6 +439,78 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+STEERABILITY_PNG = "steerability.png"
+
+
+def steerability(entry: dict) -> list[tuple[float, dict]]:
+    """(strength, dev scores) of steering alone at prompt strength 1 on the commits dev split,
+    zero-shot as strength 0, ascending; [] when the model's run has no commits benchmark."""
+    dev = entry.get("benchmarks", {}).get("commits", {}).get("dev", {})
+    points = [(0.0, dev["baselines"]["zero-shot"])] if "baselines" in dev else []
+    points += [(t["setting"]["strength"], t) for t in dev.get("tried", [])
+               if t.get("family") in ("steer", "steerability")
+               and t.get("setting", {}).get("prompt_strength") == 1.0]  # fmt: skip
+    return sorted(points, key=lambda x: x[0])
+
+
+def steerability_lines(results: dict) -> list[str]:
+    """Each model's window on real writing: ROUGE-L of fluent answers and fluent share."""
+    curves = {n: steerability(e) for n, e in results["models"].items()}
+    curves = {n: c for n, c in curves.items() if c}
+    if not curves:
+        return []
+    strengths = sorted({x for c in curves.values() for x, _ in c})
+    lines = [
+        "## Steerability: how far each model can be pushed on real writing",
+        "",
+        "Steering alone (`fints-exact`, prompt strength 1, the default layer) on the `commits` dev",
+        "split at each strength (residual units; 0 = zero-shot): ROUGE-L of fluent answers / fluent",
+        "share. Where the first figure rises steering moves the answer toward the author; where",
+        "the second falls it breaks the text.",
+        "",
+        "| model | n | " + " | ".join(f"{x:g}" for x in strengths) + " |",
+        "|---|---|" + "---|" * len(strengths),
+    ]
+    for name, c in curves.items():
+        at = dict(c)
+        cells = [f"{at[x]['rougeL_fluent']:.3f} / {at[x]['fluent']:.2f}" if x in at else ""
+                 for x in strengths]  # fmt: skip
+        lines.append(f"| {name} | {c[-1][1]['n']} | " + " | ".join(cells) + " |")
+    return [*lines, "", f"![steerability per model]({STEERABILITY_PNG})", ""]
+
+
+def plot_steerability(results: dict, path: Path) -> None:
+    """Two panels, one line per model: ROUGE-L of fluent answers and fluent share against the
+    strength of steering alone (commits dev split). No commits run anywhere: no file."""
+    curves = {n: steerability(e) for n, e in results["models"].items()}
+    curves = {n: c for n, c in curves.items() if c}
+    if not curves:
+        path.unlink(missing_ok=True)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = sorted({x for c in curves.values() for x, _ in c})
+    pos = {x: i for i, x in enumerate(strengths)}  # even spacing: the grid doubles
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, c in curves.items():
+        xs = [pos[x] for x, _ in c]
+        axes[0].plot(xs, [t["rougeL_fluent"] for _, t in c], marker="o", label=name)
+        axes[1].plot(xs, [t["fluent"] for _, t in c], marker="o", label=name)
+    for ax, what in zip(axes, ("ROUGE-L of fluent answers", "fluent share"), strict=True):
+        ax.set_xticks(range(len(strengths)), [f"{x:g}" for x in strengths])
+        ax.set_xlabel("strength (share of the residual norm; 0 = zero-shot)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("commits dev split, steering alone", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_pareto(results: dict, path: Path) -> None:
     """Fluent adherence against added time to first token, one point per method, one panel
     per model (personas-conditional where present, else personas)."""
@@ -476,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (folder / "results.json").is_file():
         raise FintsEdgeError(f"{folder}/results.json: not found; run `make eval` first")
     render_all(folder)
-    print(f"wrote {folder}/README.md and pareto.png from results.json")
+    print(f"wrote {folder}/README.md, pareto.png and {STEERABILITY_PNG} from results.json")
     return 0
 
 

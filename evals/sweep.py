@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from evals.run import Setting
 from evals.scoring import mean_of
-from fints_edge.layers import SITES
+from fints_edge.layers import SITES, layer_at
 
 Score = tuple[float, float]  # (fluent adherence, topic retention)
 
@@ -64,7 +64,7 @@ def sweep(run: Callable[[Setting, str], list[dict]], grid: Grid, n_layer: int, n
                       "n": len(preds)})  # fmt: skip
         return sc
 
-    layers = sorted({max(1, min(n_layer - 1, round(f * n_layer))) for f in grid.layer_fracs})
+    layers = sorted({layer_at(f, n_layer) for f in grid.layer_fracs})
     first = [Setting((j,), st, k=default_k) for j in layers for st in grid.strengths]
     scored = {s: score(s, "layer") for s in first}
     top = max(sc[0] for sc in scored.values())

@@ -13,6 +13,10 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   picks something measured better or honestly keeps the default or "no steering".
 - The search goes by stages (retrieved examples in the prompt, strength, layer, prompt strength,
   K), each starting from the best so far, within a time budget.
+- A profile built for calibration stores a few candidate layers (``layers.candidate_layers``);
+  every setting steers one of them, starting from the one nearest the default depth, and the
+  stored choice always names its layer (steering all of them at once is not a candidate). A
+  profile whose layers were chosen otherwise starts from all of them, as the chat steers it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from fints_edge.agreement import answer_score, first_line, rouge_l
 from fints_edge.config import CALIBRATED, EngineConfig
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
+from fints_edge.layers import candidate_layers, preferred_layer
 
 if TYPE_CHECKING:
     from fints_edge.engine import Engine
@@ -44,18 +49,24 @@ PROMPT_STRENGTHS = (0.0, 0.5)  # steer the prompt less than the answer (long rea
 KS = (1, 8)
 
 
-def held_out(profile: Profile, n: int | None = None) -> np.ndarray:
-    """Indices of the newest ``n`` items (default: a fifth of the history, 4 to 8), oldest
-    first; items without a timestamp count as older than dated ones, in file order."""
-    total = profile.n_items
+def check_history_size(total: int, n: int | None = None) -> int:
+    """How many of ``total`` items calibration holds out (default: a fifth, 4 to 8), or one
+    clear error when too few would be left to retrieve from."""
     if n is None:
         n = min(MAX_HELD_OUT, max(MIN_HELD_OUT, total // 5))
     if n < 1 or total < n + MIN_OLDER:
         raise FintsEdgeError(
             f"calibration holds out {max(n, MIN_HELD_OUT)} of the newest items and needs "
-            f"{MIN_OLDER} older ones to retrieve from: the profile has {total} items; "
-            "add history or leave out --calibrate"
+            f"{MIN_OLDER} older ones to retrieve from: the history has {total} usable items; "
+            "add history or build the profile without calibration"
         )
+    return n
+
+
+def held_out(profile: Profile, n: int | None = None) -> np.ndarray:
+    """Indices of the newest ``n`` items (default: a fifth of the history, 4 to 8), oldest
+    first; items without a timestamp count as older than dated ones, in file order."""
+    n = check_history_size(profile.n_items, n)
     return time_order(profile)[-n:]
 
 
@@ -139,7 +150,25 @@ class Calibration:
             "held_out": self.held_out,
             "seconds": self.seconds,
             "tried": [asdict(t) for t in self.tried],
+            "summary": self.summary(),
         }
+
+
+def provisional(profile: Profile) -> dict[str, Any] | None:
+    """What a profile built for calibration stores until calibration has run: its preferred
+    layer alone (an interrupted calibration never leaves it steering every candidate layer at
+    once); None for a profile of one layer, which needs nothing."""
+    stored = [int(x) for x in profile.layers]
+    if len(stored) < 2:
+        return None
+    layer = preferred_layer(stored, profile.model.n_layer)
+    return {
+        "version": CALIBRATION_VERSION,
+        "changes": {"layers": [layer]},
+        "label": f"layer {layer} of the stored {stored}, the defaults otherwise "
+        "(not calibrated yet)",
+        "provisional": True,
+    }
 
 
 def stored_changes(calibration: dict[str, Any] | None, source: str) -> dict[str, Any]:
@@ -195,8 +224,12 @@ class Calibrator:
         self.budget_s = budget_s
         self.progress = progress
         self.guard = guard
-        self.fixed = {} if rag is None else {"rag": rag}
+        self.fixed: dict[str, Any] = {} if rag is None else {"rag": rag}
         self.base = engine.config
+        stored, n_layer = [int(x) for x in self.profile.layers], self.profile.model.n_layer
+        if self.base.layers is None and len(stored) > 1 and stored == candidate_layers(n_layer):
+            # built for calibration: one candidate layer per setting, always named
+            self.fixed["layers"] = (preferred_layer(stored, n_layer),)
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
@@ -238,7 +271,7 @@ class Calibrator:
         base = self.base
 
         def rag(_best: Tried) -> list[dict[str, Any]]:
-            if self.fixed:
+            if "rag" in self.fixed:
                 return []
             # explicit strengths: merged into an unsteered best, {"rag": 1} would stay unsteered
             return [{"rag": 1, "strength": 0.0}, {"rag": 1, "strength": base.strength}]

@@ -97,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base, calibrated = calibrated_base(args.profile)
     config = check_flags(args, base)
     if calibrated:
-        print(f"using {args.profile}'s calibrated setting: {calibrated} (flags override it)",
-              file=sys.stderr)  # fmt: skip
+        print(f"using {calibrated} (flags override it)", file=sys.stderr)
     from fints_edge._paths import default_gguf
     from fints_edge.engine import Engine
 
@@ -118,19 +117,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interactive(engine, steer=not args.no_steer)
 
 
-def calibrated_base(profile: str):  # -> (EngineConfig, label or "")
-    """The defaults with the profile's stored calibration applied (fints_edge.calibrate)."""
+def calibrated_base(profile: str):  # -> (EngineConfig, what it is or "")
+    """The defaults with the profile's model's row (fints_edge.model_defaults) and its stored
+    calibration (fints_edge.calibrate) applied, and what to call it: "P's calibrated setting:
+    ...", for a profile built for calibration that has not been calibrated yet "P's stored
+    setting: ..." with the command that calibrates it, "the defaults for MODEL (...)" or ""."""
     from dataclasses import replace
 
     from fints_edge.calibrate import stored_changes
-    from fints_edge.config import DEFAULTS
+    from fints_edge.model_defaults import describe, model_base
     from fints_edge.profile import read_header
 
-    calibration = read_header(profile).calibration
+    header = read_header(profile)
+    base, calibration = model_base(header.model), header.calibration
     changes = stored_changes(calibration, str(profile))
     if not changes:
-        return DEFAULTS, ""
-    return replace(DEFAULTS, **changes), str(calibration.get("label", ""))  # type: ignore[union-attr]
+        return base, describe(header.model)
+    assert calibration is not None
+    label = str(calibration.get("label", ""))
+    if calibration.get("provisional"):
+        label = (f"{profile}'s stored setting: {label}; python -m fints_edge.learn --calibrate "
+                 f"{profile} chooses yours")  # fmt: skip
+    else:
+        label = f"{profile}'s calibrated setting: {label}"
+    return replace(base, **changes), label
 
 
 def _one_shot(engine, args: argparse.Namespace) -> int:

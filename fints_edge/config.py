@@ -282,8 +282,9 @@ def add_gate_and_sites(group: argparse._ActionsContainer) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace, base: EngineConfig = DEFAULTS) -> EngineConfig:
-    """The flags given (not None) over ``base``, checked; --gate and --sites parsed here."""
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs the command line named (flags left at None are not given); --gate and --sites
+    parsed here."""
     values = {
         f.name: getattr(args, f.name)
         for f in fields(EngineConfig)
@@ -295,6 +296,12 @@ def config_from_args(args: argparse.Namespace, base: EngineConfig = DEFAULTS) ->
     sites = getattr(args, "sites", None)
     if sites and sites != "both":
         values["sites"] = parse_sites(sites)
+    return values
+
+
+def config_from_args(args: argparse.Namespace, base: EngineConfig = DEFAULTS) -> EngineConfig:
+    """The flags given (not None) over ``base``, checked."""
+    values = flag_values(args)
     table, mode = knobs(), values.get("mode", base.mode)
     for name, value in values.items():  # asked for by flag: refused even at the default value
         _check_mode(name, value, table[name][0], mode)

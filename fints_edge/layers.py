@@ -65,7 +65,34 @@ def check_layers(layers: Sequence[int], n_layer: int) -> list[int]:
 DEFAULT_LAYER_FRACTION = 0.67  # `make eval` dev sweep (docs/eval): 20 of 30 on SmolLM2-135M
 
 
+def layer_at(fraction: float, n_layer: int) -> int:
+    """The decoder layer at ``fraction`` of the depth (never layer 0: a control vector cannot
+    steer its output)."""
+    return max(1, min(n_layer - 1, round(fraction * n_layer)))
+
+
 def default_layer(n_layer: int) -> int:
     """Default steering layer: ~2/3 of the depth. The dev sweep of `make eval` tried 18, 20, 22
     and 24 of SmolLM2-135M's 30 layers and kept 20; Fints used 23 of 32, the first probe 22."""
-    return max(1, min(n_layer - 1, round(DEFAULT_LAYER_FRACTION * n_layer)))
+    return layer_at(DEFAULT_LAYER_FRACTION, n_layer)
+
+
+# The layers a profile stores when it is built for calibration (``python -m fints_edge.learn
+# --history H --calibrate``, the server's build with calibration): the default and a neighbour
+# on each side, the fractions the `make eval` quick sweep tries (18, 20, 22 of SmolLM2's 30;
+# 14, 16, 18 of Qwen-0.5B's 24). Calibration picks one of them per user.
+CANDIDATE_LAYER_FRACTIONS = (0.6, DEFAULT_LAYER_FRACTION, 0.73)
+
+
+def candidate_layers(n_layer: int) -> list[int]:
+    """The distinct layers at :data:`CANDIDATE_LAYER_FRACTIONS` of the depth, ascending."""
+    return sorted({layer_at(f, n_layer) for f in CANDIDATE_LAYER_FRACTIONS})
+
+
+def preferred_layer(stored: Sequence[int], n_layer: int) -> int:
+    """Of a profile's stored layers, the one steered alone when no setting names a layer: the
+    one nearest the default depth (the lower on a tie)."""
+    if not len(stored):
+        raise FintsEdgeError("the profile stores no layers")
+    target = default_layer(n_layer)
+    return min((int(x) for x in stored), key=lambda x: (abs(x - target), x))

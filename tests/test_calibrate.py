@@ -136,7 +136,74 @@ def test_a_user_whose_outputs_steering_writes_keeps_steering_and_a_zero_shot_use
     assert picked["unsteered"].score > picked["unsteered"].default_score
     # once "no steering" leads, steering on top of the retrieved example is still measured
     tried = [t.changes for t in picked["unsteered"].tried]
-    assert {"strength": 40.0, "rag": 1} in tried, tried
+    assert any({"strength": 40.0, "rag": 1}.items() <= t.items() for t in tried), tried
+
+
+def test_on_candidate_layers_every_setting_steers_one_of_them(
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path
+):
+    """A profile storing the candidate layers (2 and 3 of the tiny model's 4): the default
+    candidate is the one nearest 2/3 of the depth alone, the layer stage tries each, and
+    whatever wins names its layer, so the chat never steers both at full strength (the
+    engine's "all stored layers"). Layers chosen otherwise (1 and 2) start from all of them."""
+    from fints_edge.layers import candidate_layers, preferred_layer
+
+    p = Profile.load(profile_path)
+    path = replace(p, layers=np.array([2, 3], dtype=p.layers.dtype)).save(tmp_path / "c.npz")
+    with engine_for(tiny, path, onnx_encoder_dir, onnx_aggregator_path) as engine:
+        assert engine.config.layers is None and candidate_layers(4) == [2, 3]
+        got = Calibrator(engine, budget_s=60.0, guard=not_empty).run()
+    start = (preferred_layer([2, 3], 4),)
+    assert start == (3,)
+    assert got.tried[0].changes == {"layers": start}  # the default, at one layer
+    assert all(len(t.changes["layers"]) == 1 for t in got.tried), got.tried
+    assert {t.changes["layers"] for t in got.tried} <= {(2,), (3,)}
+    assert len(got.changes["layers"]) == 1, got.summary()
+    with engine_for(tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path) as engine:
+        other = Calibrator(engine, budget_s=1.0, guard=not_empty)
+        assert other.measure(dict(other.fixed)).changes == {}  # both layers, as the chat
+
+
+def test_learn_history_calibrate_builds_candidate_layers_and_never_leaves_all_of_them_steered(
+    tiny, onnx_encoder_dir, onnx_aggregator_path, tmp_path, monkeypatch, capsys
+):
+    """--history --calibrate stores the candidate layers; until calibration has run (here it
+    is interrupted) the profile says to steer the preferred one alone, and the chat does."""
+    from fints_edge.calibrate import Calibrator as Real
+    from fints_edge.chat import calibrated_base
+    from fints_edge.layers import candidate_layers
+    from fints_edge.learn import main as learn_main
+
+    rows = [{"input": f"Write a headline about the {t}.", "output": f"{t} news, all lowercase!",
+             "rejected": f"The {t.title()} Story", "timestamp": 1_700_000_000 + 86_400 * i}
+            for i, t in enumerate(TOPICS)]  # fmt: skip
+    h = tmp_path / "h.jsonl"
+    h.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--model", str(tiny.gguf_path), "--history", str(h), "--encoder",
+            str(onnx_encoder_dir), "--aggregator", str(onnx_aggregator_path), "--n-ctx", "256",
+            "--threads", "1", "--quiet", "--calibrate", "--budget", "5"]  # fmt: skip
+
+    def interrupted(_self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Real, "run", interrupted)
+    assert learn_main([*args, "--out", str(tmp_path / "cut.npz")]) == 130
+    cut = Profile.load(tmp_path / "cut.npz")
+    assert cut.layers.tolist() == candidate_layers(4) == [2, 3]
+    assert cut.calibration is not None and cut.calibration["provisional"]
+    base, label = calibrated_base(str(tmp_path / "cut.npz"))
+    cut_path = tmp_path / "cut.npz"
+    assert base.layers == (3,)
+    assert label.startswith(f"{cut_path}'s stored setting: layer 3 of the stored [2, 3]")
+    assert label.endswith(f"--calibrate {tmp_path / 'cut.npz'} chooses yours")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert learn_main([*args, "--out", str(tmp_path / "me.npz")]) == 0
+    assert "calibrated on 4 held-out items" in capsys.readouterr().out
+    done = Profile.load(tmp_path / "me.npz")
+    assert done.layers.tolist() == [2, 3] and not done.calibration.get("provisional")
+    assert len(done.calibration["changes"]["layers"]) == 1
+    assert calibrated_base(str(tmp_path / "me.npz"))[0].layers in ((2,), (3,))
 
 
 def test_learn_calibrate_stores_it_and_the_chat_uses_it(
@@ -161,7 +228,7 @@ def test_learn_calibrate_stores_it_and_the_chat_uses_it(
     assert stored is not None and stored["version"] == 1 and stored["held_out"] == 4
     changes = stored_changes(stored, str(path))
     base, label = calibrated_base(str(path))
-    assert label == stored["label"]
+    assert label == f"{path}'s calibrated setting: {stored['label']}"
     assert all(getattr(base, k) == v for k, v in changes.items())
     assert Profile.load(path).n_items == 12  # the rest of the profile is untouched
     from fints_edge.chat import main as chat_main

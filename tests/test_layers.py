@@ -30,3 +30,17 @@ def test_default_layer_is_the_dev_sweeps_choice():
     assert default_layer(30) == 20  # SmolLM2-135M: `make eval` dev sweep (docs/eval)
     assert default_layer(32) == 21
     assert default_layer(4) == 3 and default_layer(2) == 1  # never layer 0, never past the end
+
+
+def test_candidate_layers_surround_the_default_and_one_is_preferred():
+    from fints_edge.layers import candidate_layers, default_layer, preferred_layer
+
+    assert candidate_layers(30) == [18, 20, 22] and default_layer(30) == 20  # SmolLM2-135M
+    assert candidate_layers(24) == [14, 16, 18] and default_layer(24) == 16  # Qwen-0.5B
+    assert candidate_layers(28) == [17, 19, 20]  # Qwen-1.5B
+    assert candidate_layers(2) == [1]  # never layer 0
+    assert preferred_layer([18, 20, 22], 30) == 20
+    assert preferred_layer([15, 25], 30) == 15  # a tie: the lower
+    assert preferred_layer([1, 2], 4) == 2
+    with pytest.raises(FintsEdgeError, match="no layers"):
+        preferred_layer([], 30)

@@ -542,6 +542,62 @@ def test_a_server_built_profile_stores_what_the_learn_cli_stores(
     assert served.inputs.tolist() == cli.inputs.tolist()
 
 
+def test_a_build_with_calibration_stores_candidate_layers_and_the_setting_it_chose(
+    make_settings,
+):
+    """calibrate=1: the job learns the candidate layers (as learn --calibrate does), reports its
+    calibration phase and a bar that ends at 1, and the profile arrives calibrated to ONE of
+    them; the work file never shows in the listing; too short a history is refused at once."""
+    from fints_edge.layers import candidate_layers
+
+    settings = make_settings(calibration_budget_s=5.0)
+    rows = [r | {"timestamp": 1_700_000_000 + 86_400 * i} for i, r in
+            enumerate(history_rows("alice") + history_rows("bob")[:4])]  # fmt: skip
+    with client_for(settings) as c:
+        short = c.post("/v1/profiles", data={"name": "gus", "calibrate": "1"},
+                       files={"history": ("h.jsonl", b'{"input": "a", "output": "b"}\n')},
+                       headers=AUTH)  # fmt: skip
+        assert short.status_code == 400 and "calibration holds out 4" in short.text, short.text
+        bad = c.post("/v1/profiles", data={"name": "gus", "calibrate": "maybe"},
+                     files={"history": ("h.jsonl", b'{"input": "a", "output": "b"}\n')},
+                     headers=AUTH)  # fmt: skip
+        assert bad.status_code == 400 and "'calibrate' must be 1 or 0" in bad.text
+        phases: list[str] = []
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        r = c.post("/v1/profiles", data={"name": "gus", "calibrate": "1"},
+                   files={"history": ("mine.jsonl", data)}, headers=AUTH)  # fmt: skip
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        assert job["calibrate"] and job["total"] == 12 + 5  # 12 items (negatives given) + 5 s
+        deadline = time.monotonic() + 180
+        listed_while_running = 0
+        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+            phases.append(job["phase"])
+            listed = [p["name"] for p in c.get("/v1/profiles", headers=AUTH).json()["data"]]
+            assert not any(n.startswith(".") for n in listed), listed  # never the work file
+            time.sleep(0.05)
+            job = c.get(f"/v1/jobs/{job['id']}", headers=AUTH).json()
+            if job["state"] == "running":  # it was running when listed: nothing shows yet
+                assert "gus" not in listed
+                listed_while_running += 1
+        assert listed_while_running > 0
+        assert job["state"] == "done", job
+        assert job["progress"] == 1.0 and any(p.startswith("calibrating: ") for p in phases)
+        result = job["result"]
+        assert result["layers"] == candidate_layers(4) and len(result["layers"]) > 1
+        assert result["calibration_error"] is None
+        assert result["calibration"]["summary"].startswith("calibrated on 4 held-out items")
+        stored = Profile.load(settings.profiles_dir / "gus.npz").calibration
+        assert stored is not None and not stored.get("provisional")
+        assert len(stored["changes"]["layers"]) == 1
+        assert stored["changes"]["layers"][0] in result["layers"]
+        assert all(len(t["changes"]["layers"]) == 1 for t in stored["tried"])
+        listed = {p["name"]: p for p in c.get("/v1/profiles", headers=AUTH).json()["data"]}
+        assert listed["gus"]["calibration"]["label"] == stored["label"]
+        assert sorted(p.name for p in settings.profiles_dir.iterdir()) == [
+            "alice.npz", "bob.npz", "gus.npz"]  # fmt: skip
+
+
 def test_a_history_without_any_contrast_fails_its_job_with_the_reason(client):
     rows = [{"input": "Write a headline.", "output": "same text", "rejected": "same text"}]
     job = upload(client, "erin", rows)

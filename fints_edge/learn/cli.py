@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fints_edge._cli import cli_main
-from fints_edge.calibrate import DEFAULT_BUDGET_S
+from fints_edge.calibrate import DEFAULT_BUDGET_S, provisional
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
@@ -38,7 +38,7 @@ from fints_edge.learn.recipe import (
     new_extractor,
     recipe_from_args,
 )
-from fints_edge.profile import Profile
+from fints_edge.profile import Profile, read_header
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +170,11 @@ def _calibrate(args: argparse.Namespace, path: Path) -> None:
     from fints_edge.calibrate import Calibrator
     from fints_edge.config import EngineConfig
     from fints_edge.engine import Engine
+    from fints_edge.model_defaults import model_base
 
-    config = EngineConfig(n_ctx=args.n_ctx, threads=args.threads, seed=args.seed)
+    # from what the chat would use without calibration: the defaults and the model's row
+    base = EngineConfig(n_ctx=args.n_ctx, threads=args.threads, seed=args.seed)
+    config = model_base(read_header(path).model, base)
     with Engine(
         args.model or default_gguf(),
         path,
@@ -197,7 +200,8 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
     model = check_gguf(args.model or default_gguf())
     items = read_history(args.add if action == "add" else args.history)  # fail before loading
     old = Profile.load(args.profile) if action == "add" else None
-    recipe = recipe_from_args(args)  # the flags' defaults are the server's recipe too
+    # the flags' defaults are the server's recipe too; built for calibration, candidate layers
+    recipe = recipe_from_args(args, for_calibration=bool(args.calibrate))
     encoder = Encoder(args.encoder or default_encoder_dir(), threads=args.threads)
     if old is not None:
         encoder.check_compatible(old.encoder_name, old.encoder_probe, str(args.profile))
@@ -220,6 +224,8 @@ def _learn(args: argparse.Namespace, action: str) -> tuple[Path, Profile]:
             profile = learner.extend(old, items, progress=progress)
             return profile.save(args.profile), profile
         profile = learner.new_profile(items, opening=recipe.stores_opening, progress=progress)
+        if args.calibrate:  # until calibration has run (or if it is interrupted): one layer
+            profile = replace(profile, calibration=provisional(profile))
         return profile.save(args.out), profile
     finally:
         llm.close()

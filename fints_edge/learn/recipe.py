@@ -20,6 +20,7 @@ from fints_edge.layers import (
     SITE_CHOICES,
     AttnReading,
     Site,
+    candidate_layers,
     default_layer,
     parse_sites,
 )
@@ -39,6 +40,9 @@ class Recipe:
     prompt_format: PromptFormat = "chat"  # a GGUF without a chat template is read "plain"
     # Answer positions the opening signals average over; 0 = store none (half the signal bytes).
     opening_tokens: int = DEFAULT_OPENING_TOKENS
+    # Without explicit layers, store the candidate layers calibration chooses among
+    # (layers.candidate_layers: three signals per item, not one) instead of the default alone.
+    for_calibration: bool = False
 
     def __post_init__(self) -> None:
         layers = tuple(int(x) for x in self.layers) if self.layers else None  # [] = the default
@@ -59,7 +63,9 @@ class Recipe:
 
     def layers_for(self, n_layer: int) -> list[int]:
         """The decoder layers to read on a model of ``n_layer`` layers."""
-        return list(self.layers) if self.layers else [default_layer(n_layer)]
+        if self.layers:
+            return list(self.layers)
+        return candidate_layers(n_layer) if self.for_calibration else [default_layer(n_layer)]
 
 
 def new_extractor(llm: Any, injector: Any, recipe: Recipe) -> DeviceExtractor:
@@ -98,7 +104,8 @@ def add_recipe_arguments(group: argparse._ActionsContainer) -> None:
         "--layers",
         type=int,
         nargs="+",
-        help="HF 0-based decoder layers (default: ~2/3 of the depth)",
+        help="HF 0-based decoder layers (default: ~2/3 of the depth; for fints_edge.learn "
+        "--calibrate, it and a neighbour on each side, for calibration to choose from)",
     )
     group.add_argument(
         "--sites", choices=SITE_CHOICES, default=DEFAULT_SITES, help=f"default: {DEFAULT_SITES}"
@@ -125,10 +132,11 @@ def add_recipe_arguments(group: argparse._ActionsContainer) -> None:
     )
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
+def recipe_from_args(args: argparse.Namespace, *, for_calibration: bool = False) -> Recipe:
     if args.opening_tokens < 0:
         raise FintsEdgeError("--opening-tokens must be >= 0 (0 = no opening signals)")
     return Recipe(
+        for_calibration=for_calibration,
         layers=args.layers,
         sites=parse_sites(args.sites),
         attn_reading=args.attn_reading,

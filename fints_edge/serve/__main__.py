@@ -17,6 +17,7 @@ from fints_edge.config import (
     add_gate_and_sites,
     add_knob_arguments,
     config_from_args,
+    flag_values,
 )
 from fints_edge.errors import FintsEdgeError
 from fints_edge.serve.app import create_app
@@ -126,6 +127,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         max_body=args.max_body,
         max_upload=args.max_upload,
         default_user=args.default_user or _first_added(args.add_profile),
+        operator_knobs=frozenset(flag_values(args)),
     )
     return settings
 

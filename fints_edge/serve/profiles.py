@@ -2,7 +2,9 @@
 
 A new profile is learned from an uploaded history JSONL by the on-device learner
 (``fints_edge.learn``) on its own thread and its own llama context, so chatting goes on while it
-runs; its progress is polled as a job. The profile file appears only when it is complete
+runs; its progress is polled as a job. Asked to calibrate, the job then chooses the user's own
+setting on their newest items (``fints_edge.calibrate``, as ``learn --calibrate`` does), from a
+work file outside the profile listing. The profile file appears only when it is complete
 (``Profile.save`` is atomic), and the uploaded copy is deleted whatever happens.
 """
 
@@ -16,10 +18,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from fints_edge.calibrate import check_history_size, provisional
 from fints_edge.errors import FintsEdgeError, HistoryError, ProfileError
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.profile import Profile, read_header
@@ -137,6 +140,7 @@ class LearnJob:
     user: str
     items: list[HistoryItem]
     layers: list[int] | None
+    calibrate: bool = False
     state: str = "queued"  # queued, running, done, failed, cancelled
     phase: str = "waiting"
     done: int = 0
@@ -152,6 +156,7 @@ class LearnJob:
             "id": self.id,
             "kind": "build_profile",
             "user": self.user,
+            "calibrate": self.calibrate,
             "state": self.state,
             "phase": self.phase,
             "done": self.done,
@@ -209,7 +214,13 @@ class Builder:
         self._thread: threading.Thread | None = None
         self._closing = False
 
-    def submit(self, user: str, items: list[HistoryItem], layers: list[int] | None) -> LearnJob:
+    def submit(
+        self,
+        user: str,
+        items: list[HistoryItem],
+        layers: list[int] | None,
+        calibrate: bool = False,
+    ) -> LearnJob:
         with self._lock:
             if self._closing:
                 raise FintsEdgeError("the server is shutting down")
@@ -220,9 +231,12 @@ class Builder:
                 raise Conflict(f"a profile named '{user}' is being built already")
             if len(active) >= self.max_jobs:
                 raise Conflict(f"{len(active)} profiles are being built; wait for one to finish")
-            job = LearnJob(uuid.uuid4().hex[:12], user, items, layers)
+            if calibrate:
+                check_history_size(len(items))  # too few items: refused now, not after learning
+            job = LearnJob(uuid.uuid4().hex[:12], user, items, layers, calibrate)
             n_neg = sum(it.rejected is None for it in items)
-            job.total = n_neg + len(items)
+            # calibration's share of the bar: its time budget, one step per second
+            job.total = n_neg + len(items) + (self._calibration_steps() if calibrate else 0)
             self.jobs[job.id] = job
             while len(self.jobs) > 50:  # keep the newest finished jobs for polling
                 oldest = next(iter(self.jobs.values()))
@@ -234,6 +248,9 @@ class Builder:
                 self._thread.start()
             self._wake.notify()
             return job
+
+    def _calibration_steps(self) -> int:
+        return max(1, math.ceil(self.settings.calibration_budget_s))
 
     def get(self, job_id: str) -> LearnJob:
         job = self.jobs.get(job_id)
@@ -289,7 +306,8 @@ class Builder:
         from fints_edge.llama.inject import open_steerable
 
         s = self.settings
-        recipe = Recipe(layers=tuple(job.layers or ()))  # as `python -m fints_edge.learn` stores
+        # as `python -m fints_edge.learn` (with --calibrate) stores
+        recipe = Recipe(layers=tuple(job.layers or ()), for_calibration=job.calibrate)
         t0 = time.perf_counter()
         llm, injector = open_steerable(
             s.model, "exact", n_ctx=s.engine.n_ctx, n_threads=s.engine.threads
@@ -304,6 +322,14 @@ class Builder:
             profile = learner.new_profile(job.items, opening=recipe.stores_opening, progress=False)
         finally:
             llm.close()
+        dropped = len(job.items) - profile.n_items
+        calibration, calibration_error = None, None
+        if job.calibrate:
+            try:
+                calibration = self._calibrate(job, profile)
+            except FintsEdgeError as e:  # e.g. too few items kept: the learned profile is kept
+                calibration, calibration_error = provisional(profile), str(e)
+            profile = replace(profile, calibration=calibration)
         job.phase = "saving"
         dest = self.store.path(job.user)
         if dest.exists():
@@ -312,11 +338,49 @@ class Builder:
         return {
             "user": job.user,
             "items": profile.n_items,
-            "dropped": len(job.items) - profile.n_items,
+            "dropped": dropped,
             "layers": profile.layers.tolist(),
             "sites": list(profile.sites),
+            "calibration": _calibration_view(calibration),
+            "calibration_error": calibration_error,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+
+    def _calibrate(self, job: LearnJob, profile: Profile) -> dict[str, Any]:
+        """The user's own setting on their newest items (fints_edge.calibrate), measured by an
+        engine of its own on a work file the listing never shows (a dot name, deleted after)."""
+        from fints_edge.calibrate import Calibrator
+        from fints_edge.engine import Engine
+        from fints_edge.model_defaults import model_changes
+
+        s = self.settings
+        job.phase = "calibrating: loading"
+        start, steps = job.done, self._calibration_steps()
+        work = self.store.folder / f".{job.id}.calibrating.npz"
+        t0 = time.perf_counter()
+
+        def progress(line: str) -> None:
+            if job.cancel.is_set():
+                raise _JobCancelled()
+            elapsed = time.perf_counter() - t0
+            job.done = start + min(steps - 1, int(elapsed * steps / s.calibration_budget_s))
+            job.phase = f"calibrating: {line}"
+
+        try:
+            replace(profile, calibration=provisional(profile)).save(work)
+            # from what the user would get uncalibrated: the server's setting, the model's row
+            # under the operator's flags (the calibration's changes are applied over both)
+            row = {k: v for k, v in model_changes(profile.model).items()
+                   if k not in s.operator_knobs}  # fmt: skip
+            with Engine(s.model, work, replace(s.engine, **row), encoder_dir=s.encoder_dir,
+                        aggregator_path=s.aggregator_path) as engine:  # fmt: skip
+                result = Calibrator(
+                    engine, budget_s=s.calibration_budget_s, progress=progress
+                ).run()
+        finally:
+            work.unlink(missing_ok=True)
+        job.done = start + steps
+        return result.to_json()
 
 
 def profile_error_status(e: Exception) -> int:
@@ -333,5 +397,14 @@ def _calibration_view(calibration: dict[str, Any] | None) -> dict[str, Any] | No
     """What the listing shows of a stored calibration: the setting and how it measured."""
     if not calibration:
         return None
-    keys = ("label", "changes", "score", "unsteered_score", "default_score", "held_out")
+    keys = (
+        "label",
+        "changes",
+        "score",
+        "unsteered_score",
+        "default_score",
+        "held_out",
+        "summary",
+        "provisional",
+    )
     return {k: calibration.get(k) for k in keys}

@@ -39,7 +39,7 @@ class Api:
 
     @property
     def defaults(self) -> oai.Knobs:
-        return oai.Knobs(steer=True, config=self.s.engine)
+        return oai.Knobs(steer=True, config=self.s.engine, operator=self.s.operator_knobs)
 
     def routes(self) -> list[Route]:
         return [
@@ -208,7 +208,9 @@ class Api:
         return JSONResponse(await asyncio.to_thread(self.store.details, name))
 
     async def create_profile(self, request: Request) -> JSONResponse:
-        """multipart/form-data: ``name``, ``history`` (a JSONL file), optional ``layers``."""
+        """multipart/form-data: ``name``, ``history`` (a JSONL file), optional ``layers`` and
+        ``calibrate`` (``1``: choose the user's own setting on their newest items after
+        learning, about a minute more)."""
         from fints_edge.serve.profiles import read_upload
 
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -216,7 +218,7 @@ class Api:
                 "send multipart/form-data with fields 'name' and 'history' (a JSONL file), e.g. "
                 "curl -F name=me -F history=@me.jsonl"
             )
-        async with request.form(max_files=1, max_fields=4) as form:
+        async with request.form(max_files=1, max_fields=5) as form:
             name = check_name(form.get("name"), "profile name")
             upload = form.get("history")
             if upload is None or isinstance(upload, str):
@@ -224,12 +226,13 @@ class Api:
             data = await upload.read()
             filename = Path(upload.filename or "history.jsonl").name
             layers = parse_layers(form.get("layers"))
+            calibrate = parse_flag(form.get("calibrate"), "calibrate")
         if self.store.path(name).exists():
             from fints_edge.serve.profiles import Conflict
 
             raise Conflict(f"a profile named '{name}' exists; pick another name or delete it")
         items = await asyncio.to_thread(read_upload, data, filename)
-        job = self.builder.submit(name, items, layers)
+        job = self.builder.submit(name, items, layers, calibrate)
         return JSONResponse(
             {"job": job.to_json()}, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
         )
@@ -294,7 +297,7 @@ class Api:
 
         def plan(worker: Worker, _: Job) -> dict[str, Any]:
             engine = worker.engine_for(path)
-            config = engine.configure(**knobs.changes(oai.calibrated(engine)))
+            config = engine.configure(**knobs.changes(oai.stored_setting(engine)))
             p = engine.plan(text)
             timings = {k: round(v, 3) for k, v in p.timings_ms.items()}
             calibration = engine.profile.calibration
@@ -335,6 +338,16 @@ def item_fields(body: object, max_chars: int) -> tuple[str, str, str | None]:
             raise oai.BadRequest(f"'{key}' is longer than {max_chars} characters", key)
         values.append(v)
     return values[0], values[1], values[2]  # type: ignore[return-value]
+
+
+def parse_flag(value: object, field: str) -> bool:
+    """A form's yes/no field: absent or empty is no."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise oai.BadRequest(f"'{field}' must be 1 or 0 (true or false), got {text[:20]!r}")
 
 
 def parse_layers(value: object) -> list[int] | None:

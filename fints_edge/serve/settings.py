@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fints_edge.calibrate import DEFAULT_BUDGET_S
 from fints_edge.config import DEFAULTS, EngineConfig
 
 
@@ -22,6 +23,9 @@ class Settings:
     token: str | None  # None = no authentication (--no-auth)
     # every request's knobs unless its "fints" object says otherwise (fints_edge.config)
     engine: EngineConfig = DEFAULTS
+    # the knobs of ``engine`` the operator's flags named: they win over the model's row and a
+    # profile's calibration, as the chat's flags do (fints_edge.model_defaults)
+    operator_knobs: frozenset[str] = frozenset()
     max_tokens_limit: int = 512  # the most a request may ask for
     max_waiting: int = 4  # requests waiting behind the running one; more get 503
     max_body: int = 1 << 20  # bytes, JSON requests
@@ -29,6 +33,9 @@ class Settings:
     max_input_chars: int = 8000
     default_user: str | None = None
     model_id: str = field(default="")
+    calibration_budget_s: float = (
+        DEFAULT_BUDGET_S  # a build with calibration tries settings this long
+    )
 
     def __post_init__(self) -> None:
         if not self.model_id:

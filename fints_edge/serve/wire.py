@@ -25,6 +25,7 @@ from fints_edge.config import (
     parse_request_knobs,
 )
 from fints_edge.errors import FintsEdgeError
+from fints_edge.model_defaults import model_changes
 
 if TYPE_CHECKING:
     from fints_edge.engine import Reply
@@ -50,13 +51,16 @@ class Knobs:
     steer: bool
     config: EngineConfig  # the server's defaults with the request's knobs over them
     given: frozenset[str] = frozenset()  # the knobs the request itself named
+    operator: frozenset[str] = frozenset()  # the knobs the server's own flags named
 
-    def changes(self, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    def changes(self, stored: dict[str, Any] | None = None) -> dict[str, Any]:
         """What ``Engine.configure`` takes for one request on one user's profile: the server's
-        defaults, the profile's calibration over them, the request's own knobs over both. Every
-        knob a calibration may set is set each time, so one user's never reaches the next."""
+        defaults, the model's row and the profile's calibration (``stored``) over them but under
+        the operator's flags, the request's own knobs over everything. Every knob a calibration
+        may set is set each time, so one user's never reaches the next."""
         out = {n: getattr(self.config, n) for n in SETTING_KNOBS}
-        out |= {k: v for k, v in (calibration or {}).items() if k not in self.given}
+        mine = self.given | self.operator
+        out |= {k: v for k, v in (stored or {}).items() if k not in mine}
         return out
 
 
@@ -90,7 +94,7 @@ def parse_knobs(obj: object, defaults: Knobs, where: str = "fints") -> Knobs:
         config = parse_request_knobs(obj, defaults.config, where)
     except KnobError as e:
         raise BadRequest(str(e), e.param) from None
-    return Knobs(steer, config, frozenset(obj) & set(REQUEST_KNOBS))
+    return Knobs(steer, config, frozenset(obj) & set(REQUEST_KNOBS), defaults.operator)
 
 
 def _int(v: object, name: str, lo: int, hi: int) -> int:
@@ -177,7 +181,7 @@ def chat_job(path: Any, req: ChatRequest) -> Callable[[Worker, Job], Reply]:
 
     def run(worker: Worker, job: Job) -> Reply:
         engine = worker.engine_for(path)
-        engine.configure(**req.knobs.changes(calibrated(engine)), max_tokens=req.max_tokens)
+        engine.configure(**req.knobs.changes(stored_setting(engine)), max_tokens=req.max_tokens)
         gen = engine.stream(req.text, steer=req.knobs.steer)
         pending, started = "", False  # whitespace held back until more text follows it
         try:
@@ -200,9 +204,13 @@ def chat_job(path: Any, req: ChatRequest) -> Callable[[Worker, Job], Reply]:
     return run
 
 
-def calibrated(engine: Any) -> dict[str, Any]:
-    """The knob changes the engine's current profile stores (fints_edge.calibrate)."""
-    return stored_changes(engine.profile.calibration, str(engine.profile_path))
+def stored_setting(engine: Any) -> dict[str, Any]:
+    """The knob changes the engine's current profile asks for: its model's row
+    (fints_edge.model_defaults) and its stored calibration (fints_edge.calibrate) over it."""
+    profile = engine.profile
+    return model_changes(profile.model) | stored_changes(
+        profile.calibration, str(engine.profile_path)
+    )
 
 
 # -- answers ---------------------------------------------------------------------------------

@@ -238,7 +238,8 @@ async function loadProfiles() {
   sel.value = store.user;
   $('profiles').replaceChildren(...r.data.map((p) => {
     const li = document.createElement('li');
-    li.textContent = p.error ? `${p.name}: ${p.error}` : `${p.name}: ${p.items} items, layers ${p.layers.join(', ')}`;
+    li.textContent = p.error ? `${p.name}: ${p.error}` : `${p.name}: ${p.items} items, layers ${p.layers.join(', ')}`
+      + (p.calibration ? `; setting: ${p.calibration.label}` : '');
     return li;
   }));
   if (!names.length) say('no profile yet: build one in settings from a history file');
@@ -257,6 +258,7 @@ async function upload(ev) {
   const form = new FormData();
   form.append('name', $('up-name').value.trim());
   form.append('history', $('up-file').files[0]);
+  form.append('calibrate', $('up-calibrate').checked ? '1' : '0');
   const bar = $('up-progress');
   try {
     let job = (await (await api('/v1/profiles', {method: 'POST', form})).json()).job;
@@ -270,6 +272,8 @@ async function upload(ev) {
     bar.value = job.state === 'done' ? 1 : bar.value;
     $('up-status').textContent = job.state === 'done'
       ? `built "${job.user}": ${job.result.items} items (${job.result.dropped} dropped) in ${job.result.seconds} s`
+        + (job.result.calibration ? `; ${job.result.calibration.summary || job.result.calibration.label}` : '')
+        + (job.result.calibration_error ? `; not calibrated: ${job.result.calibration_error}` : '')
       : `${job.state}: ${job.error || ''}`;
     if (job.state === 'done') { store.user = job.user; await loadProfiles(); }
   } catch (e) { $('up-status').textContent = 'error: ' + e.message; }

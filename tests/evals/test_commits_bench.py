@@ -104,3 +104,63 @@ def test_a_results_file_with_only_the_real_data_benchmark_renders():
     text = render({"models": {"m.gguf": entry}}, {})
     assert "## m.gguf" in text and "### commits: real commit subjects" in text
     assert "Setting chosen on dev" not in text  # no synthetic sweep ran
+
+
+def test_steering_alone_is_also_measured_across_the_steerability_strengths():
+    from evals.commits_bench import STEERABILITY_STRENGTHS, steerability_settings
+
+    extra = steerability_settings(30)
+    assert {(s.strength, s.prompt_strength) for s in extra} == {
+        (x, 1.0) for x in STEERABILITY_STRENGTHS
+    }
+    assert not set(extra) & set(candidates(30))  # not candidates: the dev choice is unchanged
+    assert min(STEERABILITY_STRENGTHS) < min(s.strength for s in candidates(30))
+    assert max(STEERABILITY_STRENGTHS) >= 1
+
+
+def test_calibration_starts_from_the_models_product_default(monkeypatch):
+    from types import SimpleNamespace
+
+    from evals.commits_bench import product_default
+    from fints_edge import model_defaults
+    from fints_edge.model_defaults import ModelRow
+    from tests._factories import identity
+
+    ev = SimpleNamespace(n_layer=4, identity=identity(4, 8))
+    monkeypatch.setattr(model_defaults, "TABLE", ())
+    assert product_default(ev) == shipped(4)
+    row = ModelRow("t", "llama", 4, 8, {"strength": 0.125, "prompt_strength": 0.0})
+    monkeypatch.setattr(model_defaults, "TABLE", (row,))
+    got = product_default(ev)
+    assert (got.strength, got.prompt_strength, got.opening_strength) == (0.125, 0.0, 0.125)
+    assert got.layers == shipped(4).layers and got.k == shipped(4).k
+
+
+def test_the_steerability_curve_and_plot_come_from_the_dev_split(tmp_path):
+    from evals.report import plot_steerability, steerability, steerability_lines
+
+    def tried(family, strength, prompt, rouge):
+        return {"family": family, "method": "m", "label": "L", "rougeL_fluent": rouge,
+                "fluent": 1 - strength / 2, "n": 48,
+                "setting": {"strength": strength, "prompt_strength": prompt}}  # fmt: skip
+
+    bench = _bench()
+    bench["dev"]["tried"] = [
+        tried("steer", 0.25, 1.0, 0.1),
+        tried("steer", 0.0625, 1.0, 0.2),
+        tried("steer", 0.0625, 0.0, 0.9),
+        tried("rag", 0.0625, 1.0, 0.9),
+    ]
+    bench["dev"]["baselines"] = {"zero-shot": {"rougeL_fluent": 0.05, "fluent": 0.95, "n": 48}}
+    entry = {"model": {"sha256": "ab", "n_layer": 30}, "command": "c", "seconds": 60.0,
+             "cache": {"reused": 0, "answers": 10}, "benchmarks": {"commits": bench}}  # fmt: skip
+    curve = steerability(entry)
+    assert [(x, t["rougeL_fluent"]) for x, t in curve] == [(0.0, 0.05), (0.0625, 0.2), (0.25, 0.1)]
+    results = {"models": {"m.gguf": entry, "no-commits.gguf": {"benchmarks": {}}}}
+    plot_steerability(results, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    lines = "\n".join(steerability_lines(results))
+    assert "| m.gguf | 48 | 0.050 / 0.95 | 0.200 / 0.97 | 0.100 / 0.88 |" in lines
+    assert "no-commits" not in lines
+    plot_steerability({"models": {}}, tmp_path / "s.png")  # nothing to show: no stale picture
+    assert not (tmp_path / "s.png").exists()

@@ -271,7 +271,8 @@ def test_parity_direct_writer_equals_llama_cpp_converter(arch_model, tmp_path):
 # -- the optional real models (make models-extra), when assembled ----------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "fmt"), [("qwen2.5-coder-0.5b", "chat"), ("gemma-3-270m", "plain")]
+    ("name", "fmt"),
+    [("qwen2.5-coder-0.5b", "chat"), ("qwen2.5-coder-1.5b", "chat"), ("gemma-3-270m", "plain")],
 )
 def test_optional_model_learns_on_device_and_steers(name, fmt, tmp_path, onnx_encoder_dir):
     """The issue's acceptance path on the real GGUF: a device profile (qwen2 used to fail with
