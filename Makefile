@@ -91,9 +91,10 @@ figures:
 
 # The evaluation (evals/, `python -m evals`): persona and conditional-persona benchmarks, the real
 # commit-subject benchmark (commits, with per-author calibration), fluency, cost; dev sweeps, then
-# every method on the test split; writes docs/eval/ (results merge per model). About 90 min on 2
-# cores for the default model (commits alone: `EVAL_ARGS="--skip personas conditional shift
-# longlamp torch"`, about 50 min). MODEL=path.gguf evaluates another GGUF;
+# every method on the test split; writes docs/eval/ (results merge per model; each run records its
+# minutes per part). About 90 min on 2 cores for the default model, measured on an older machine
+# (commits alone: `EVAL_ARGS="--skip personas conditional shift longlamp torch"`, 46 min fresh on
+# an AMD EPYC, 54 min for MODEL=qwen0.5b). MODEL=path.gguf evaluates another GGUF;
 # MODEL=qwen0.5b (or another name from `python -m fints_edge.zoo list`) installs it first.
 EVAL_ARGS ?=
 eval: setup
