@@ -94,11 +94,8 @@ def product_default(ev: Evaluation) -> Setting:
     model's row (fints_edge.model_defaults) applied; calibration starts from it."""
     from fints_edge.model_defaults import model_changes
 
-    base, row = shipped(ev.n_layer), model_changes(ev.identity)
-    strength = float(row.get("strength", base.strength))
-    return replace(base, strength=strength, opening_strength=strength * DEFAULTS.opening_scale,
-                   k=int(row.get("k", base.k)),
-                   prompt_strength=float(row.get("prompt_strength", base.prompt_strength)))  # fmt: skip
+    s = replace(shipped(ev.n_layer), **model_changes(ev.identity))  # the row's knobs are fields
+    return replace(s, opening_strength=s.strength * DEFAULTS.opening_scale)
 
 
 def pick_users(n: int | None) -> list[UserData]:
@@ -177,27 +174,26 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         say(f"{NAME}: fluency rule {rule}")
         baselines = {m: _dev_scores([p for p in dev if p["method"] == m]) for m in BASELINES}
         chosen, tried = {}, []
+
+        def measure(family: str, method: str, s: Setting) -> list[dict]:
+            """One setting's dev answers, scored and recorded in ``tried``."""
+            got = first_lines(ev.answer(NAME, users, "dev", method, s,
+                                        desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
+            score(ev, got, ev.unsteered(dev))
+            tried.append({"family": family, "method": method, "label": s.label(),
+                          "setting": s.to_json(), **_dev_scores(got)})  # fmt: skip
+            dev.extend(got)
+            return got
+
         for family, method in (("steer", "fints-exact"), ("rag", "fints+rag-1")):
             best, best_score = None, (-1.0, -1.0)
             for s in candidates(ev.n_layer):
-                got = first_lines(ev.answer(NAME, users, "dev", method, s,
-                                            desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
-                score(ev, got, ev.unsteered(dev))
-                sc = _objective(got)
-                tried.append({"family": family, "method": method, "label": s.label(),
-                              "setting": s.to_json(), **_dev_scores(got)})  # fmt: skip
+                sc = _objective(measure(family, method, s))
                 if sc > best_score:
                     best, best_score = s, sc
-                dev += got
             if family == "steer":  # the curve's other points (docs/eval/steerability.png)
                 for s in steerability_settings(ev.n_layer):
-                    got = first_lines(ev.answer(NAME, users, "dev", method, s,
-                                                desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
-                    score(ev, got, ev.unsteered(dev))
-                    tried.append({"family": "steerability", "method": method,
-                                  "label": s.label(), "setting": s.to_json(),
-                                  **_dev_scores(got)})  # fmt: skip
-                    dev += got
+                    measure("steerability", method, s)
             assert best is not None
             chosen[family] = best
             say(f"{NAME}: chosen on dev for {method}: {best.label()} (ROUGE-L of fluent "

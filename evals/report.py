@@ -453,10 +453,15 @@ def steerability(entry: dict) -> list[tuple[float, dict]]:
     return sorted(points, key=lambda x: x[0])
 
 
+def _curves(results: dict) -> dict[str, list[tuple[float, dict]]]:
+    """Each model's steerability curve, for the models whose run has one."""
+    curves = {n: steerability(e) for n, e in results["models"].items()}
+    return {n: c for n, c in curves.items() if c}
+
+
 def steerability_lines(results: dict) -> list[str]:
     """Each model's window on real writing: ROUGE-L of fluent answers and fluent share."""
-    curves = {n: steerability(e) for n, e in results["models"].items()}
-    curves = {n: c for n, c in curves.items() if c}
+    curves = _curves(results)
     if not curves:
         return []
     strengths = sorted({x for c in curves.values() for x, _ in c})
@@ -482,8 +487,7 @@ def steerability_lines(results: dict) -> list[str]:
 def plot_steerability(results: dict, path: Path) -> None:
     """Two panels, one line per model: ROUGE-L of fluent answers and fluent share against the
     strength of steering alone (commits dev split). No commits run anywhere: no file."""
-    curves = {n: steerability(e) for n, e in results["models"].items()}
-    curves = {n: c for n, c in curves.items() if c}
+    curves = _curves(results)
     if not curves:
         path.unlink(missing_ok=True)
         return

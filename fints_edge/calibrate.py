@@ -154,14 +154,24 @@ class Calibration:
         }
 
 
-def provisional(profile: Profile) -> dict[str, Any] | None:
-    """What a profile built for calibration stores until calibration has run: its preferred
-    layer alone (an interrupted calibration never leaves it steering every candidate layer at
-    once); None for a profile of one layer, which needs nothing."""
-    stored = [int(x) for x in profile.layers]
-    if len(stored) < 2:
+def starting_layer(profile: Profile) -> int | None:
+    """For a profile that stores the candidate layers (built for calibration), the one layer
+    steered before calibration has chosen; None for any other profile (one layer, or layers
+    chosen by hand: the chat steers all of them)."""
+    stored, n_layer = [int(x) for x in profile.layers], profile.model.n_layer
+    if len(stored) < 2 or stored != candidate_layers(n_layer):
         return None
-    layer = preferred_layer(stored, profile.model.n_layer)
+    return preferred_layer(stored, n_layer)
+
+
+def provisional(profile: Profile) -> dict[str, Any] | None:
+    """What a profile built for calibration stores until calibration has run: its starting
+    layer alone (an interrupted calibration never leaves it steering every candidate layer at
+    once); None for a profile that needs nothing (see :func:`starting_layer`)."""
+    layer = starting_layer(profile)
+    if layer is None:
+        return None
+    stored = [int(x) for x in profile.layers]
     return {
         "version": CALIBRATION_VERSION,
         "changes": {"layers": [layer]},
@@ -226,10 +236,10 @@ class Calibrator:
         self.guard = guard
         self.fixed: dict[str, Any] = {} if rag is None else {"rag": rag}
         self.base = engine.config
-        stored, n_layer = [int(x) for x in self.profile.layers], self.profile.model.n_layer
-        if self.base.layers is None and len(stored) > 1 and stored == candidate_layers(n_layer):
+        start = starting_layer(self.profile)
+        if self.base.layers is None and start is not None:
             # built for calibration: one candidate layer per setting, always named
-            self.fixed["layers"] = (preferred_layer(stored, n_layer),)
+            self.fixed["layers"] = (start,)
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}

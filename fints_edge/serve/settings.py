@@ -33,9 +33,8 @@ class Settings:
     max_input_chars: int = 8000
     default_user: str | None = None
     model_id: str = field(default="")
-    calibration_budget_s: float = (
-        DEFAULT_BUDGET_S  # a build with calibration tries settings this long
-    )
+    # a build with calibration (POST /v1/profiles calibrate=1) tries settings this long
+    calibration_budget_s: float = DEFAULT_BUDGET_S
 
     def __post_init__(self) -> None:
         if not self.model_id:
