@@ -231,12 +231,20 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         "methods": table,
         "examples": examples(test, users),
         "calibration": {"budget_s": CALIBRATION_BUDGET_S, "from": start.label(),
+                        "rule": calibration_rule(),
                         "users": [{"method": m, "user": user, **c}
                                   for (m, user), c in calibrations.items()]},  # fmt: skip
         "errors": [{"method": p["method"], "user": p["user"], "error": p["error"]}
                    for p in test if p.get("error")],
     }  # fmt: skip
     return dev + test
+
+
+def calibration_rule() -> str:
+    """How calibration chose (fints_edge.calibrate.SELECTION_RULE), recorded with the rows."""
+    from fints_edge.calibrate import SELECTION_RULE
+
+    return f"a setting replaces the best so far when it beats it by {SELECTION_RULE}"
 
 
 def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
@@ -248,9 +256,9 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
     import json
 
     from fints_edge._atomic import write_text
-    from fints_edge.calibrate import Calibrator
+    from fints_edge.calibrate import SELECTION_RULE, Calibrator
 
-    start = hashlib.sha256(base.label().encode()).hexdigest()[:8]
+    start = hashlib.sha256(f"{base.label()}|{SELECTION_RULE}".encode()).hexdigest()[:8]
     path = ev.cache.folder / f"calibration-{method}-{u.user}-{start}.json"
     if path.is_file():
         got = json.loads(path.read_text(encoding="utf-8"))
@@ -268,7 +276,8 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
                 k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
+    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"]),
+                                           "rule": got.get("rule", "strictly higher")}
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,

@@ -189,8 +189,9 @@ def commits_lines(b: dict) -> list[str]:
     cal = b.get("calibration")
     if cal:
         lines += ["", "Per-author calibration (fints_edge.calibrate on each author's history only, "
-                  f"from `{cal['from']}`, {cal['budget_s']:g} s budget; held-out score = mean of "
-                  "ROUGE-L and habits kept):", ""]  # fmt: skip
+                  f"from `{cal['from']}`, {cal['budget_s']:g} s budget; "
+                  f"{cal.get('rule', 'a setting replaces the best so far when it scores higher')}"
+                  "; held-out score = mean of ROUGE-L and habits kept):", ""]  # fmt: skip
         lines += [f"- {c['method']} {c['user']}: **{c['label']}** (held-out {c['score']:.3f} vs "
                   f"{c['unsteered_score']:.3f} unsteered, {c['default_score']:.3f} default; "
                   f"{c['tried']} settings in {c['seconds']:.0f} s)" for c in cal["users"]]  # fmt: skip
