@@ -22,7 +22,7 @@ from evals.run import Setting, UserData
 from evals.scoring import summarize
 from fints_edge.agreement import STYLE, first_line, style_agreement
 from fints_edge.config import DEFAULTS
-from fints_edge.layers import default_layer
+from fints_edge.layers import candidate_layers, default_layer
 
 if TYPE_CHECKING:
     from evals.evaluate import Evaluation
@@ -52,6 +52,12 @@ DEV_PROMPT = (1.0, 0.0)
 # model's steerability curve (docs/eval/steerability.png: where steering starts to move the
 # answer toward the author and where it breaks the text), and candidates like the others
 STEERABILITY_STRENGTHS = (0.03125, 0.5, 1.0)
+# Whether a technique widens the window: steering alone where the plain curve nears its edge
+# or breaks, each technique at the same strength (issue 24). keep-norm: each steered hidden
+# state rescaled to its unsteered norm (a rotation toward the direction); spread: the same
+# strength divided over the profile's candidate layers (fints_edge.layers.candidate_layers).
+WIDENING_STRENGTHS = (0.25, 0.5, 1.0)
+WIDENING_TECHNIQUES = ("keep-norm", "spread")
 
 
 def shipped(n_layer: int) -> Setting:
@@ -79,6 +85,19 @@ def steerability_settings(n_layer: int) -> list[Setting]:
     """Steering alone at the steerability strengths (prompt strength 1): measured on dev for
     the curve, not candidates (the dev choice stays the one the candidates make)."""
     return _around(n_layer, [(s, 1.0) for s in STEERABILITY_STRENGTHS])
+
+
+def widening_settings(n_layer: int) -> list[tuple[str, float, Setting]]:
+    """(technique, strength, setting) for each widening technique at each strength: measured
+    on dev beside the plain curve, never candidates."""
+    spread = tuple(candidate_layers(n_layer))
+    out = []
+    for s in _around(n_layer, [(x, 1.0) for x in WIDENING_STRENGTHS]):
+        share = 1.0 / len(spread)
+        out += [("keep-norm", s.strength, replace(s, preserve_norm=True)),
+                ("spread", s.strength, replace(s, layers=spread, strength=s.strength * share,
+                                                opening_strength=s.opening_strength * share))]  # fmt: skip
+    return out
 
 
 def _around(n_layer: int, grid: Sequence[tuple[float, float]]) -> list[Setting]:
@@ -175,13 +194,13 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         baselines = {m: _dev_scores([p for p in dev if p["method"] == m]) for m in BASELINES}
         chosen, tried = {}, []
 
-        def measure(family: str, method: str, s: Setting) -> list[dict]:
-            """One setting's dev answers, scored and recorded in ``tried``."""
+        def measure(family: str, method: str, s: Setting, **note: Any) -> list[dict]:
+            """One setting's dev answers, scored and recorded in ``tried`` (with ``note``)."""
             got = first_lines(ev.answer(NAME, users, "dev", method, s,
                                         desc=f"{NAME} dev {method} {s.label()}"))  # fmt: skip
             score(ev, got, ev.unsteered(dev))
             tried.append({"family": family, "method": method, "label": s.label(),
-                          "setting": s.to_json(), **_dev_scores(got)})  # fmt: skip
+                          "setting": s.to_json(), **note, **_dev_scores(got)})  # fmt: skip
             dev.extend(got)
             return got
 
@@ -194,6 +213,8 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
             if family == "steer":  # the curve's other points (docs/eval/steerability.png)
                 for s in steerability_settings(ev.n_layer):
                     measure("steerability", method, s)
+                for technique, strength, s in widening_settings(ev.n_layer):
+                    measure("widening", method, s, technique=technique, strength=strength)
             assert best is not None
             chosen[family] = best
             say(f"{NAME}: chosen on dev for {method}: {best.label()} (ROUGE-L of fluent "
@@ -276,8 +297,10 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
                 k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"]),
-                                           "rule": got.get("rule", "strictly higher")}
+    return s, {k: got[k] for k in keep} | {
+        "tried": len(got["tried"]),
+        "rule": got.get("rule", "strictly higher"),
+    }
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,

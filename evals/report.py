@@ -482,7 +482,42 @@ def steerability_lines(results: dict) -> list[str]:
         cells = [f"{at[x]['rougeL_fluent']:.3f} / {at[x]['fluent']:.2f}" if x in at else ""
                  for x in strengths]  # fmt: skip
         lines.append(f"| {name} | {c[-1][1]['n']} | " + " | ".join(cells) + " |")
-    return [*lines, "", f"![steerability per model]({STEERABILITY_PNG})", ""]
+    return [
+        *lines,
+        "",
+        f"![steerability per model]({STEERABILITY_PNG})",
+        "",
+        *widening_lines(results, curves),
+    ]
+
+
+def widening_lines(results: dict, curves: dict[str, list[tuple[float, dict]]]) -> list[str]:
+    """Whether a technique widens the window: steering alone at the same strengths with each
+    technique (commits dev, family "widening"), beside the plain curve's points."""
+    rows: dict[tuple[str, str], dict[float, dict]] = {}
+    for name, e in results["models"].items():
+        for t in e.get("benchmarks", {}).get("commits", {}).get("dev", {}).get("tried", []):
+            if t.get("family") == "widening":
+                rows.setdefault((name, t["technique"]), {})[t["strength"]] = t
+    if not rows:
+        return []
+    strengths = sorted({x for r in rows.values() for x in r})
+    for name in {n for n, _ in rows}:
+        rows[(name, "plain")] = {x: t for x, t in curves.get(name, []) if x in strengths}
+    lines = [
+        "Whether a technique widens the window, at the same strengths (steering alone, commits "
+        "dev; ROUGE-L of fluent answers / fluent share): `keep-norm` rescales each steered "
+        "hidden state to its unsteered norm (a rotation toward the direction); `spread` divides "
+        "the strength over the three candidate layers.",
+        "",
+        "| model | technique | " + " | ".join(f"{x:g}" for x in strengths) + " |",
+        "|---|---|" + "---|" * len(strengths),
+    ]
+    for (name, technique), at in sorted(rows.items(), key=lambda r: (r[0][0], r[0][1] != "plain")):
+        cells = [f"{at[x]['rougeL_fluent']:.3f} / {at[x]['fluent']:.2f}" if x in at else ""
+                 for x in strengths]  # fmt: skip
+        lines.append(f"| {name} | {technique} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def plot_steerability(results: dict, path: Path) -> None:

@@ -352,8 +352,14 @@ class Calibrator:
                 ok.append(good)
         finally:
             engine.configure(max_tokens=old.max_tokens, **{k: getattr(old, k) for k in CALIBRATED})
-        got = Tried(label(config), dict(changes), _mean(scores), _mean(rouges), _mean(ok),
-                    [float(x) for x in scores])
+        got = Tried(
+            label(config),
+            dict(changes),
+            _mean(scores),
+            _mean(rouges),
+            _mean(ok),
+            [float(x) for x in scores],
+        )
         self._scored[key] = got
         if self.progress is not None:
             self.progress(f"{got.label}: score {got.score:.3f}, fluent {got.fluent:.2f}")

@@ -164,3 +164,46 @@ def test_the_steerability_curve_and_plot_come_from_the_dev_split(tmp_path):
     assert "no-commits" not in lines
     plot_steerability({"models": {}}, tmp_path / "s.png")  # nothing to show: no stale picture
     assert not (tmp_path / "s.png").exists()
+
+
+def test_each_widening_technique_keeps_the_strength_it_is_compared_at():
+    """keep-norm: the plain setting with norms kept; spread: the same total strength divided
+    over the candidate layers. Neither is a candidate (the dev choice is unchanged)."""
+    from evals.commits_bench import WIDENING_STRENGTHS, widening_settings
+    from fints_edge.layers import candidate_layers
+
+    got = widening_settings(30)
+    assert {(t, x) for t, x, _ in got} == {
+        (t, x) for t in ("keep-norm", "spread") for x in WIDENING_STRENGTHS
+    }
+    for technique, x, s in got:
+        if technique == "keep-norm":
+            assert s.preserve_norm and s.strength == x and s.layers == shipped(30).layers
+        else:
+            assert s.layers == tuple(candidate_layers(30)) == (18, 20, 22)
+            assert not s.preserve_norm and abs(s.strength * 3 - x) < 1e-12
+            assert abs(s.opening_strength * 3 - x * DEFAULTS.opening_scale) < 1e-12
+    assert not {s for *_, s in got} & set(candidates(30))
+
+
+def test_the_widening_table_sets_each_technique_beside_the_plain_curve():
+    from evals.report import _curves, widening_lines
+
+    def tried(family, x, rouge, **note):
+        return {"family": family, "method": "m", "label": "L", "rougeL_fluent": rouge,
+                "fluent": 0.5, "n": 48, **note,
+                "setting": {"strength": x, "prompt_strength": 1.0}}  # fmt: skip
+
+    bench = _bench()
+    bench["dev"]["tried"] = [
+        tried("steerability", 0.5, 0.1),
+        tried("widening", 0.5, 0.3, technique="keep-norm", strength=0.5),
+        tried("widening", 0.5, 0.2, technique="spread", strength=0.5),
+    ]
+    bench["dev"]["baselines"] = {"zero-shot": {"rougeL_fluent": 0.05, "fluent": 0.95, "n": 48}}
+    results = {"models": {"m.gguf": {"benchmarks": {"commits": bench}}}}
+    lines = widening_lines(results, _curves(results))
+    rows = [x for x in lines if x.startswith("| m.gguf")]
+    assert rows == ["| m.gguf | plain | 0.100 / 0.50 |", "| m.gguf | keep-norm | 0.300 / 0.50 |",
+                    "| m.gguf | spread | 0.200 / 0.50 |"]  # fmt: skip
+    assert widening_lines({"models": {}}, {}) == []
