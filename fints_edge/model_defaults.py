@@ -15,9 +15,9 @@ calibration (``fints_edge.calibrate``), the command line's flags (chat) or the o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from fints_edge.config import DEFAULTS, EngineConfig, check_config
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 # What a row may change: knobs calibration may change too (so the server sets them on every
 # request), never the mode or the budget.
 MODEL_KNOBS = ("strength", "prompt_strength", "k")
+# a model as a row matches it: a profile's identity or a GGUF's (arch, layers, width)
+ModelKey = Union["ModelIdentity", tuple[str, int, int]]
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,12 @@ class ModelRow:
     changes: Mapping[str, Any] = field(default_factory=dict)  # knob -> value over DEFAULTS
     chosen_by: str = ""  # the evaluation run and benchmark that chose the changes
 
-    def matches(self, model: ModelIdentity) -> bool:
-        return (self.arch, self.n_layer, self.n_embd) == (model.arch, model.n_layer, model.n_embd)
+    def matches(self, model: ModelKey) -> bool:
+        """``model``: a profile's identity, or a GGUF's (arch, layers, width)
+        (``fints_edge.llama.model.model_shape``)."""
+        if not isinstance(model, tuple):
+            model = (model.arch, model.n_layer, model.n_embd)
+        return (self.arch, self.n_layer, self.n_embd) == model
 
 
 TABLE: tuple[ModelRow, ...] = (
@@ -55,24 +61,35 @@ TABLE: tuple[ModelRow, ...] = (
 )
 
 
-def row_for(model: ModelIdentity | None) -> ModelRow | None:
+def row_for(model: ModelKey | None) -> ModelRow | None:
     """The table's row for ``model``, or None (DEFAULTS apply)."""
     if model is None:
         return None
     return next((r for r in TABLE if r.matches(model)), None)
 
 
-def model_changes(model: ModelIdentity | None) -> dict[str, Any]:
+def model_changes(model: ModelKey | None) -> dict[str, Any]:
     row = row_for(model)
     return dict(row.changes) if row is not None else {}
 
 
-def model_base(model: ModelIdentity | None, base: EngineConfig = DEFAULTS) -> EngineConfig:
+def under_flags(
+    config: EngineConfig, model: ModelKey | None, flags: Iterable[str]
+) -> EngineConfig:
+    """What a user of ``model`` gets before any calibration: ``config`` with the model's row
+    applied except where ``flags`` (the knobs the operator's or the chat's flags named) set
+    the knob: the server's health defaults and its calibrating builds both start here."""
+    named = set(flags)
+    row = {k: v for k, v in model_changes(model).items() if k not in named}
+    return check_config(replace(config, **row))
+
+
+def model_base(model: ModelKey | None, base: EngineConfig = DEFAULTS) -> EngineConfig:
     """``base`` with ``model``'s row applied."""
-    return check_config(replace(base, **model_changes(model)))
+    return under_flags(base, model, ())
 
 
-def describe(model: ModelIdentity | None) -> str:
+def describe(model: ModelKey | None) -> str:
     """ "the defaults for NAME (strength 0.125, ...)" or "" when the model has no row."""
     row = row_for(model)
     if row is None or not row.changes:

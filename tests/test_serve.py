@@ -184,6 +184,28 @@ def test_health_and_models(shared_client):
     assert [m["id"] for m in models["data"]] == ["tiny-f32"]
 
 
+def test_health_shows_what_an_uncalibrated_profile_gets_the_models_row_under_the_flags(
+    make_settings, tiny, monkeypatch
+):
+    """The web app's placeholders come from /health: on a model with a row (Qwen-0.5B's
+    strength 0.125) they showed the server's 0.25 that no profile of that model got."""
+    from fints_edge import model_defaults
+    from fints_edge.llama.model import model_shape
+    from fints_edge.model_defaults import ModelRow
+
+    arch, n_layer, n_embd = model_shape(tiny.gguf_path)
+    assert (arch, n_layer) == ("llama", 4)
+    row = ModelRow("tiny.gguf", arch, n_layer, n_embd, {"strength": 7.0, "k": 2}, "a test")
+    monkeypatch.setattr(model_defaults, "TABLE", (row,))
+    with client_for(make_settings()) as c:
+        h = c.get("/health", headers=AUTH).json()
+    assert (h["defaults"]["strength"], h["defaults"]["k"]) == (7.0, 2)
+    assert h["model_defaults"].startswith("the defaults for tiny.gguf (strength 7, k 2")
+    with client_for(make_settings(k=5, operator_knobs=frozenset({"k"}))) as c:
+        h = c.get("/health", headers=AUTH).json()
+    assert (h["defaults"]["strength"], h["defaults"]["k"]) == (7.0, 5)  # the operator's k
+
+
 def test_token_is_made_once_private_and_refused_when_readable(tmp_path):
     token, fresh = load_or_create_token(tmp_path / "data")
     path = tmp_path / "data" / "token"

@@ -92,6 +92,34 @@ def n_layers(llm: Any) -> int:
         raise FintsEdgeError(f"{llm.model_path}: GGUF lacks {arch}.block_count") from None
 
 
+@functools.lru_cache(maxsize=8)
+def model_shape(path: str | Path) -> tuple[str, int, int]:
+    """(architecture, layers, width) from a GGUF's metadata, without loading its weights
+    (a vocab-only load, ~0.2 s): what a per-model default row is matched on."""
+    import ctypes
+
+    import llama_cpp
+
+    path = check_gguf(path)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise FintsEdgeError(f"{path}: llama.cpp could not read it; is it a complete GGUF?")
+    try:
+        buf = ctypes.create_string_buffer(256)
+
+        def meta(key: str) -> str:
+            if llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf)) < 0:
+                raise FintsEdgeError(f"{path}: GGUF lacks metadata key {key!r}")
+            return buf.value.decode()
+
+        arch = meta("general.architecture")
+        return arch, int(meta(f"{arch}.block_count")), int(meta(f"{arch}.embedding_length"))
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
 def identity_from_llama(llm: Any) -> ModelIdentity:
     """The identity of a loaded GGUF; equals ``export.models.identity_from_hf`` on its HF twin."""
     meta = llm.metadata

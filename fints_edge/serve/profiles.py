@@ -351,7 +351,7 @@ class Builder:
         engine of its own on a work file the listing never shows (a dot name, deleted after)."""
         from fints_edge.calibrate import Calibrator
         from fints_edge.engine import Engine
-        from fints_edge.model_defaults import model_changes
+        from fints_edge.model_defaults import under_flags
 
         s = self.settings
         job.phase = "calibrating: loading"
@@ -370,9 +370,8 @@ class Builder:
             replace(profile, calibration=provisional(profile)).save(work)
             # from what the user would get uncalibrated: the server's setting, the model's row
             # under the operator's flags (the calibration's changes are applied over both)
-            row = {k: v for k, v in model_changes(profile.model).items()
-                   if k not in s.operator_knobs}  # fmt: skip
-            with Engine(s.model, work, replace(s.engine, **row), encoder_dir=s.encoder_dir,
+            start_from = under_flags(s.engine, profile.model, s.operator_knobs)
+            with Engine(s.model, work, start_from, encoder_dir=s.encoder_dir,
                         aggregator_path=s.aggregator_path) as engine:  # fmt: skip
                 result = Calibrator(
                     engine, budget_s=s.calibration_budget_s, progress=progress

@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fints_edge.config import REQUEST_KNOBS
+from fints_edge.errors import FintsEdgeError
+from fints_edge.model_defaults import describe, under_flags
 from fints_edge.serve import wire as oai
 from fints_edge.serve.auth import check_name
 from fints_edge.serve.http import ClientGone, JobStream, error_body, read_json, wait_disconnect
@@ -28,6 +30,17 @@ from fints_edge.serve.worker import Cancelled, Event, Job, Worker
 log = logging.getLogger("fints_edge.serve")
 
 
+def served_shape(model: Path) -> tuple[str, int, int] | None:
+    """The served GGUF's (arch, layers, width), for its per-model defaults; None (the server's
+    own defaults shown) when its metadata cannot be read, which the first request reports."""
+    from fints_edge.llama.model import model_shape
+
+    try:
+        return model_shape(model)
+    except (FintsEdgeError, ImportError, OSError):
+        return None
+
+
 class Api:
     """State shared by the routes: settings, the profiles folder, the worker, the builder."""
 
@@ -36,6 +49,7 @@ class Api:
         self.store = builder.store
         self.worker = worker
         self.builder = builder
+        self.shape = served_shape(settings.model)
 
     @property
     def defaults(self) -> oai.Knobs:
@@ -61,6 +75,7 @@ class Api:
     # -- plain facts ------------------------------------------------------------------------
     async def health(self, _: Request) -> JSONResponse:
         jobs = [j for j in self.builder.jobs.values() if j.state in ("queued", "running")]
+        uncalibrated = under_flags(self.s.engine, self.shape, self.s.operator_knobs)
         return JSONResponse(
             {
                 "status": "ok",
@@ -68,10 +83,12 @@ class Api:
                 "profiles": len(self.store.names()),
                 "default_user": self.default_user(),
                 "auth": self.s.token is not None,
+                # what a profile without calibration gets: the model's row under the flags
                 "defaults": {
-                    **{n: getattr(self.s.engine, n) for n in REQUEST_KNOBS},
+                    **{n: getattr(uncalibrated, n) for n in REQUEST_KNOBS},
                     "max_tokens": self.s.engine.max_tokens,
                 },
+                "model_defaults": describe(self.shape),
                 "queue": self.worker.status(),
                 "profile_jobs": len(jobs),
             }
