@@ -57,7 +57,6 @@ STEERABILITY_STRENGTHS = (0.03125, 0.5, 1.0)
 # state rescaled to its unsteered norm (a rotation toward the direction); spread: the same
 # strength divided over the profile's candidate layers (fints_edge.layers.candidate_layers).
 WIDENING_STRENGTHS = (0.25, 0.5, 1.0)
-WIDENING_TECHNIQUES = ("keep-norm", "spread")
 
 
 def shipped(n_layer: int) -> Setting:
@@ -297,10 +296,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
                 k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {
-        "tried": len(got["tried"]),
-        "rule": got.get("rule", "strictly higher"),
-    }
+    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"]), "rule": got["rule"]}
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,
