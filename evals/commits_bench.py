@@ -90,9 +90,8 @@ def widening_settings(n_layer: int) -> list[tuple[str, float, Setting]]:
     """(technique, strength, setting) for each widening technique at each strength: measured
     on dev beside the plain curve, never candidates."""
     spread = tuple(candidate_layers(n_layer))
-    out = []
+    share, out = 1.0 / len(spread), []
     for s in _around(n_layer, [(x, 1.0) for x in WIDENING_STRENGTHS]):
-        share = 1.0 / len(spread)
         out += [("keep-norm", s.strength, replace(s, preserve_norm=True)),
                 ("spread", s.strength, replace(s, layers=spread, strength=s.strength * share,
                                                 opening_strength=s.opening_strength * share))]  # fmt: skip
@@ -296,7 +295,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
                 k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"]), "rule": got["rule"]}
+    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,

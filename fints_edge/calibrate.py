@@ -131,7 +131,7 @@ def beats(challenger: Tried, best: Tried, margin_se: float = MARGIN_SE) -> bool:
     if d.size == 0:
         return challenger.score > best.score
     se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0
-    return float(d.mean()) > margin_se * se and float(d.mean()) > 0.0
+    return float(d.mean()) > max(0.0, margin_se * se)
 
 
 @dataclass

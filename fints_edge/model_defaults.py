@@ -73,9 +73,7 @@ def model_changes(model: ModelKey | None) -> dict[str, Any]:
     return dict(row.changes) if row is not None else {}
 
 
-def under_flags(
-    config: EngineConfig, model: ModelKey | None, flags: Iterable[str]
-) -> EngineConfig:
+def under_flags(config: EngineConfig, model: ModelKey | None, flags: Iterable[str]) -> EngineConfig:
     """What a user of ``model`` gets before any calibration: ``config`` with the model's row
     applied except where ``flags`` (the knobs the operator's or the chat's flags named) set
     the knob: the server's health defaults and its calibrating builds both start here."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -49,7 +50,11 @@ class Api:
         self.store = builder.store
         self.worker = worker
         self.builder = builder
-        self.shape = served_shape(settings.model)
+
+    @functools.cached_property
+    def shape(self) -> tuple[str, int, int] | None:
+        """Read on the first /health, not at start-up: only that route needs it."""
+        return served_shape(self.s.model)
 
     @property
     def defaults(self) -> oai.Knobs:
