@@ -228,7 +228,11 @@ def test_the_commits_benchmark_alone_on_the_tiny_model(tiny, tmp_path):
                                  "fints+rag-1-calibrated"}  # fmt: skip
     cal = {c["method"]: c for c in b["calibration"]["users"]}
     assert set(cal) == {"fints-calibrated", "fints+rag-1-calibrated"}
-    assert all(c["tried"] >= 2 and c["score"] >= c["unsteered_score"] for c in cal.values())
+    # The default is the incumbent: only a setting that beats it (fints_edge.calibrate.beats)
+    # replaces it, so the choice never scores below the default on the held-out items (it may
+    # score below "no steering" when that did not lead by more than the rule's margin).
+    assert all(c["tried"] >= 2 and c["score"] >= c["default_score"] for c in cal.values()), cal
+    assert all(0.0 <= c["unsteered_score"] <= 1.0 for c in cal.values()), cal
     assert "rougeL_vs_rag-1" in b["methods"]["fints+rag-1-calibrated"]
     for name, e in b["methods"].items():
         assert e["n"] == 12 and 0.0 <= e["rougeL"] <= 1.0 and 0.0 <= e["rouge1"] <= 1.0, name
