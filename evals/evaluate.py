@@ -41,6 +41,7 @@ from fints_edge._cli import cli_main
 from fints_edge._paths import default_gguf
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import CANDIDATE_LAYER_FRACTIONS, SITES, layer_at
+from fints_edge.llama import build_flags
 from fints_edge.zoo import sha256_of
 
 METHODS = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
@@ -568,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "conditional": Path(args.conditional).name, "seed": args.seed},
         "command": command.strip(),
         "seconds": time.perf_counter() - t0,
+        # greedy answers follow the SIMD path: Qwen-0.5B's commits run on an AVX2 host changed
+        # a quarter of the zero-shot answers of a run on another host
+        "llama_build": build_flags.describe(),
     }  # fmt: skip
     from evals.report import write_outputs
 

@@ -50,7 +50,8 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
     if old is not None and "sweep" not in entry and "sweep" in old:
         # a run of the real-data benchmarks alone: the synthetic ones' results stay
         runs = {b: {"command": entry["command"], "seconds": entry["seconds"],
-                    "minutes": entry.get("minutes", {}).get(b)}
+                    "minutes": entry.get("minutes", {}).get(b),
+                    "llama_build": entry.get("llama_build")}
                 for b in entry["benchmarks"]}  # fmt: skip
         entry = old | {"benchmarks": old["benchmarks"] | entry["benchmarks"],
                        "runs": old.get("runs", {}) | runs}  # fmt: skip
@@ -403,7 +404,9 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
             f"`{e['command']}` ({e['seconds'] / 60:.0f} min; {e['cache']['reused']} of "
             f"{e['cache']['answers']} answers reused from earlier runs through the run cache).",
             *(
-                f"`{r['command']}` ran {b} ({r['seconds'] / 60:.0f} min)."
+                f"`{r['command']}` ran {b} ({r['seconds'] / 60:.0f} min"
+                + (f"; {r['llama_build']}" if r.get("llama_build") else "")
+                + ")."
                 for b, r in e.get("runs", {}).items()
             ),  # fmt: skip
             "",
