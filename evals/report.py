@@ -402,7 +402,9 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
             "",
             f"sha256 `{e['model']['sha256']}`, {e['model']['n_layer']} layers. Command: "
             f"`{e['command']}` ({e['seconds'] / 60:.0f} min; {e['cache']['reused']} of "
-            f"{e['cache']['answers']} answers reused from earlier runs through the run cache).",
+            f"{e['cache']['answers']} answers reused from earlier runs through the run cache"
+            + (f"; {e['llama_build']}" if e.get("llama_build") else "")
+            + ").",
             *(
                 f"`{r['command']}` ran {b} ({r['seconds'] / 60:.0f} min"
                 + (f"; {r['llama_build']}" if r.get("llama_build") else "")
