@@ -261,9 +261,13 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
 
 def calibration_rule() -> str:
     """How calibration chose (fints_edge.calibrate.SELECTION_RULE), recorded with the rows."""
-    from fints_edge.calibrate import SELECTION_RULE
+    from fints_edge.calibrate import MARGIN_SE, SELECTION_RULE
 
-    return f"a setting replaces the best so far when it beats it by {SELECTION_RULE}"
+    return (
+        f"a setting replaces the best so far when its mean held-out score is higher by more "
+        f"than {MARGIN_SE:g} standard error of their paired per-item differences "
+        f"({SELECTION_RULE})"
+    )
 
 
 def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
