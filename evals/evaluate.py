@@ -569,8 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 "conditional": Path(args.conditional).name, "seed": args.seed},
         "command": command.strip(),
         "seconds": time.perf_counter() - t0,
-        # greedy answers follow the SIMD path: Qwen-0.5B's commits run on an AVX2 host changed
-        # a quarter of the zero-shot answers of a run on another host
+        # greedy answers can differ between builds: Qwen-0.5B's commits run on an AVX2 host
+        # changed a quarter of the zero-shot answers of a run on another host
         "llama_build": build_flags.describe(),
     }  # fmt: skip
     from evals.report import write_outputs

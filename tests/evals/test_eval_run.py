@@ -242,6 +242,6 @@ def test_the_commits_benchmark_alone_on_the_tiny_model(tiny, tmp_path):
         b["methods"]["rag-3"]["added_prompt_tokens"] > b["methods"]["rag-1"]["added_prompt_tokens"]
     )
     assert set(b["dev"]["chosen"]) == {"steer", "rag"} and b["fluency_rule"]["casefold"]
-    # greedy answers follow the build's SIMD path: every run names its build
+    # greedy answers can differ between llama.cpp builds: every run names its build
     assert entry["llama_build"].startswith("llama.cpp build") and "key " in entry["llama_build"]
     assert entry["llama_build"] in (out / "README.md").read_text()
