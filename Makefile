@@ -93,9 +93,8 @@ figures:
 # commit-subject benchmark (commits, with per-author calibration), fluency, cost; dev sweeps, then
 # every method on the test split; writes docs/eval/ (results merge per model; each run records its
 # minutes per part). About 90 min on 2 cores for the default model, measured on an older machine
-# (commits alone: `EVAL_ARGS="--skip personas conditional shift longlamp torch"`, 46 min fresh on
-# an AMD EPYC; MODEL=qwen0.5b 110 min fresh on an AVX2 EPYC, steerability and widening points
-# included). MODEL=path.gguf evaluates another GGUF;
+# (commits alone: `EVAL_ARGS="--skip personas conditional shift longlamp torch"`, 75 min fresh on
+# an AVX2 AMD EPYC; MODEL=qwen0.5b 110 min there, steerability and widening points included). MODEL=path.gguf evaluates another GGUF;
 # MODEL=qwen0.5b (or another name from `python -m fints_edge.zoo list`) installs it first.
 EVAL_ARGS ?=
 eval: setup
