@@ -191,16 +191,17 @@ def render_eval(results: dict | None) -> list[str]:
         n_layer = (m.get("model") or {}).get("n_layer")
         chosen = sweep.get("chosen", {})
         layers = ", ".join(str(x) for x in chosen.get("layers", []))
-        lines.append(
-            f"Setting chosen on the {sweep.get('split', 'dev')} split ({sweep.get('n')} answers): "
-            f"`{sweep.get('chosen_label')}`"
-            + (
-                f" ({_n(len(chosen['layers']), 'layer', False)} {layers} of {n_layer})"
-                if layers and n_layer
-                else ""
-            )  # fmt: skip
-            + "."
-        )
+        if sweep.get("chosen_label"):  # a commits-only run has no persona sweep
+            lines.append(
+                f"Setting chosen on the {sweep.get('split', 'dev')} split ({sweep.get('n')} "
+                f"answers): `{sweep['chosen_label']}`"
+                + (
+                    f" ({_n(len(chosen['layers']), 'layer', False)} {layers} of {n_layer})"
+                    if layers and n_layer
+                    else ""
+                )  # fmt: skip
+                + "."
+            )
         if sweep.get("tried"):
             lines.append(f"Highest dev adherence per strength unit: {_sweep_by_unit(sweep)}.")
         if rule:
