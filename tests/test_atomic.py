@@ -241,7 +241,9 @@ def test_sigint_during_a_profile_write_by_the_learn_cli(tmp_path):
     # the signal, so that the SIGINT lands inside the write every time.
     script = textwrap.dedent(
         """
-        import runpy, sys, time
+        import runpy, signal, sys, time
+        # a shell's background job starts with SIGINT ignored; a user's Ctrl-C is not
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import numpy as np
         real = np.savez
         def slow(f, **arrays):
