@@ -188,10 +188,10 @@ def render_eval(results: dict | None) -> list[str]:
             )
             + "."
         )
-        n_layer = (m.get("model") or {}).get("n_layer")
-        chosen = sweep.get("chosen", {})
-        layers = ", ".join(str(x) for x in chosen.get("layers", []))
         if sweep.get("chosen_label"):  # a commits-only run has no persona sweep
+            n_layer = (m.get("model") or {}).get("n_layer")
+            chosen = sweep.get("chosen", {})
+            layers = ", ".join(str(x) for x in chosen.get("layers", []))
             lines.append(
                 f"Setting chosen on the {sweep.get('split', 'dev')} split ({sweep.get('n')} "
                 f"answers): `{sweep['chosen_label']}`"

@@ -6,7 +6,7 @@ depth, width) and the knob changes over :data:`fints_edge.config.DEFAULTS` that 
 chose on that model's dev split, with the run that chose them; ``tests/test_model_defaults.py``
 holds each row to ``docs/eval/results.json``. A model without a row gets DEFAULTS (chosen on
 SmolLM2-135M). The layer is a fraction of the depth for every model (``layers.default_layer``):
-both models' sweeps kept ~2/3.
+SmolLM2's and Qwen's sweeps kept ~2/3 (gemma's commits run did not vary it: layer 12 of 18).
 
 What a setting is built from, lowest first: DEFAULTS, the model's row, the profile's stored
 calibration (``fints_edge.calibrate``), the command line's flags (chat) or the operator's flags
