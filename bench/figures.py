@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,7 @@ def render_eval(results: dict | None) -> list[str]:
         command = m.get("command", "")
         sweep, rule = m.get("sweep", {}), m.get("fluency_rule", {})
         machine = m.get("machine") or results.get("machine")
+        where = _measured_on({"machine": machine, "llama_build": m.get("llama_build")})
         lines += [f"#### {name}", ""]
         facts = [
             f"Command: `{command}`" + (" (`make eval`)" if command == "python -m evals" else ""),
@@ -180,7 +182,7 @@ def render_eval(results: dict | None) -> list[str]:
         lines.append("; ".join(facts) + ".")
         threads = (machine or {}).get("threads") or {}
         lines.append(
-            f"Machine: {machine_text(machine, EVAL)}"
+            f"Machine: {where}"
             + (
                 "; threads: " + ", ".join(f"{k} {v}" for k, v in threads.items())
                 if threads
@@ -254,9 +256,23 @@ def render_eval(results: dict | None) -> list[str]:
     return lines
 
 
+def _measured_on(run: dict) -> str:
+    """The machine a run records, else the llama.cpp build it records (runs from before the
+    machine was recorded with every evaluation: greedy answers can differ between builds)."""
+    machine = run.get("machine")
+    if machine and machine.get("cpu"):
+        return machine_text(machine, EVAL)
+    key = re.search(r"\bkey (\S+)", run.get("llama_build") or "")
+    return f"CPU not recorded in `{EVAL}`" + (f", llama.cpp build `{key[1]}`" if key else "")
+
+
 def _commits_table(b: dict, run: dict | None) -> list[str]:
     """Real commit subjects: ROUGE-L with the paired comparison the benchmark declares."""
-    how = f" (`{run['command']}`, {run['seconds'] / 60:.0f} min)" if run else ""
+    how = (
+        f" (`{run['command']}`, {run['seconds'] / 60:.0f} min; machine: {_measured_on(run)})"
+        if run
+        else ""
+    )
     lines = [
         f"`commits` (real commit subjects of {b['users']} authors){how}, {b['split']} split, "
         f"{b['items']['test']} commits; steering alone at `{b['setting']['steer']}`, on top of "

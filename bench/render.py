@@ -25,7 +25,7 @@ TARGETS = {  # issue 17's, and the earlier ones it keeps
 
 
 def machine_text(m: dict | None, source: str) -> str:
-    """The machine a results file records (bench/machine.py), or that it records none."""
+    """The machine a results file records (evals/machine.py), or that it records none."""
     if not m or not m.get("cpu"):
         return f"CPU not recorded in `{source}`"
     parts = [str(m["cpu"])]

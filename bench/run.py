@@ -2,7 +2,7 @@
 
 Variants are interleaved within every repetition so machine drift cancels; medians are reported.
 Writes bench/results.json (with the machine: CPU model and the threads of every figure, from
-bench/machine.py) and bench/README.md, rendered from the JSON by bench/render.py; `make bench`
+evals/machine.py) and bench/README.md, rendered from the JSON by bench/render.py; `make bench`
 then renders README.md's figures (bench/figures.py).
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from bench._common import grown, headline, median
-from bench.machine import machine_info
 from bench.render import render_readme
 from bench.serve import serve_bench, server_peak_rss_mb
+from evals.machine import machine_info
 
 HERE = Path(__file__).parent
 N_GEN = 128

@@ -572,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # greedy answers can differ between builds: Qwen-0.5B's commits run on an AVX2 host
         # changed a quarter of the zero-shot answers of a run on another host
         "llama_build": build_flags.describe(),
+        "threads": args.threads,  # evals.report records the machine with them
     }  # fmt: skip
     from evals.report import write_outputs
 

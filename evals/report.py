@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.fluency import FluencyRule
+from evals.machine import machine_info
 from fints_edge._atomic import write_text as atomic_write_text
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
@@ -37,8 +38,11 @@ def predictions_file(out: Path, model_name: str) -> Path:
 
 
 def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]) -> None:
-    """Merge one model's results into OUT/results.json and regenerate everything."""
+    """Merge one model's results into OUT/results.json and regenerate everything; the run is
+    written where it ran, so this machine is recorded with it."""
     out.mkdir(parents=True, exist_ok=True)
+    threads = entry.get("threads")
+    entry = entry | {"machine": machine_info({"llama.cpp": threads} if threads else None)}
     path = out / "results.json"
     results: dict[str, Any] = {"format": "fints-edge-eval", "version": 2, "models": {}}
     if path.is_file():
@@ -51,7 +55,7 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
         # a run of the real-data benchmarks alone: the synthetic ones' results stay
         runs = {b: {"command": entry["command"], "seconds": entry["seconds"],
                     "minutes": entry.get("minutes", {}).get(b),
-                    "llama_build": entry.get("llama_build")}
+                    "llama_build": entry.get("llama_build"), "machine": entry["machine"]}
                 for b in entry["benchmarks"]}  # fmt: skip
         entry = old | {"benchmarks": old["benchmarks"] | entry["benchmarks"],
                        "runs": old.get("runs", {}) | runs}  # fmt: skip

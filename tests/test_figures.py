@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from bench import figures
-from bench.machine import cpu_model, machine_info
 from bench.render import render_readme
+from evals.machine import cpu_model, machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,6 +151,30 @@ def test_machine_is_named_or_said_to_be_unrecorded():
     text = "\n".join(figures.render_eval(evals))
     assert "Machine: Example CPU 9000, 2 logical CPUs; threads: answers 2." in text
     assert "Machine: CPU not recorded in `docs/eval/results.json`; threads not recorded." in text
+    # an evaluation run names its machine, else at least the llama.cpp build it recorded
+    first["machine"] = None
+    first["runs"] = {
+        "commits": {
+            "command": "python -m evals --skip personas",
+            "seconds": 60.0,
+            "llama_build": "llama.cpp build (...): GGML_AVX2; key x86-0a1b",
+        }
+    }
+    first["llama_build"] = "llama.cpp build (...): GGML_AVX2; key x86-2c3d"
+    first["benchmarks"]["commits"] = next(
+        m["benchmarks"]["commits"] for m in evals["models"].values() if "commits" in m["benchmarks"]
+    )
+    text = "\n".join(figures.render_eval(evals))
+    assert (
+        "Machine: CPU not recorded in `docs/eval/results.json`, llama.cpp build `x86-2c3d`" in text
+    )
+    assert (
+        "1 min; machine: CPU not recorded in `docs/eval/results.json`, llama.cpp build `x86-0a1b`)"
+        in text
+    )
+    first["runs"]["commits"]["machine"] = {"cpu": "Example CPU 9000", "logical_cpus": 2}
+    text = "\n".join(figures.render_eval(evals))
+    assert "1 min; machine: Example CPU 9000, 2 logical CPUs)" in text
     # bench/README.md names it too, and only when recorded (older files render as before)
     assert "Machine: Example CPU 9000" in render_readme(new)
     assert "Machine:" not in render_readme(old)

@@ -86,11 +86,15 @@ def test_a_commits_only_run_keeps_the_synthetic_results(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(report, "render_all", lambda _out, r=None: calls.append(r))
     new = {"benchmarks": {"commits": _bench()}, "command": "python -m evals --skip personas",
-           "seconds": 2.0}  # fmt: skip
+           "seconds": 2.0, "threads": 2}  # fmt: skip
     write_outputs(tmp_path, "m.gguf", new, [{"benchmark": "commits", "y": 2}])
     entry = calls[0]["models"]["m.gguf"]
     assert set(entry["benchmarks"]) == {"personas", "commits"} and entry["sweep"]
     assert entry["runs"]["commits"]["command"].endswith("--skip personas")
+    # the run is recorded with the machine it ran on; the synthetic run's (none here) stays
+    machine = entry["runs"]["commits"]["machine"]
+    assert machine["logical_cpus"] >= 1 and machine["threads"] == {"llama.cpp": 2}
+    assert "machine" not in entry
     kept = [json.loads(x) for x in pred_file.read_text().splitlines()]
     assert [p["benchmark"] for p in kept] == ["personas", "commits"]
 

@@ -1,10 +1,12 @@
 """The machine a results file was measured on, recorded beside the figures.
 
-Why: a speed figure without its CPU cannot be compared or checked, and the README's figures
-(bench/figures.py) name the machine beside each table. ``machine_info`` reads the CPU model from
-/proc/cpuinfo (Linux; ``platform.processor()`` elsewhere), the CPU counts, the OS and the
-llama.cpp build flag key; files written before it existed say nothing, and the renderer then
-says "CPU not recorded" rather than guess. Stdlib only.
+Why: a speed figure without its CPU cannot be compared or checked, and greedy answers can differ
+between builds; the README's figures (bench/figures.py) name the machine beside each table, for
+`make bench` (bench/results.json) and every evaluation run (docs/eval/results.json).
+``machine_info`` reads the CPU model from /proc/cpuinfo (Linux; ``platform.processor()``
+elsewhere), the CPU counts, the OS and the llama.cpp build flag key; files written before it
+existed say nothing, and the renderer then says "CPU not recorded" (with the llama.cpp build,
+when the run recorded that) rather than guess. Stdlib only.
 """
 
 from __future__ import annotations
