@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evals.calibrated import CALIBRATED_METHODS, CALIBRATED_PAIRS, calibrated_answers, shipped
 from evals.commits import load_commits
 from evals.run import Setting, UserData
 from evals.scoring import summarize
 from fints_edge.agreement import STYLE, first_line, style_agreement
 from fints_edge.config import DEFAULTS
-from fints_edge.layers import candidate_layers, default_layer
+from fints_edge.layers import candidate_layers
 
 if TYPE_CHECKING:
     from evals.evaluate import Evaluation
@@ -38,13 +39,6 @@ PAIRS = (("fints+rag-1", "rag-1"), ("fints+rag-3", "rag-3"), ("fints-exact", "ze
 METRICS = ("rouge1", "rougeL", "style", *STYLE, "fluent", "rougeL_fluent", "repetition", "topic")
 MAX_TOKENS = 32  # a subject line; the answer is cut at its first line anyway
 QUICK_USERS = 6  # one author per repository, round-robin; --full: every author
-# Per-user calibration (fints_edge.calibrate) on each author's HISTORY only (never dev or test),
-# from the chat's default; the row's rag is fixed so it compares with its unsteered twin.
-CALIBRATED_METHODS = {"fints-calibrated": 0, "fints+rag-1-calibrated": 1}
-CALIBRATED_PAIRS = (("fints-calibrated", "zero-shot"), ("fints-calibrated", "fints-exact"),
-                    ("fints+rag-1-calibrated", "rag-1"),
-                    ("fints+rag-1-calibrated", "fints+rag-1"))  # fmt: skip
-CALIBRATION_BUDGET_S = 60.0
 # dev candidates around the product default: strength (residual units) x prompt strength
 DEV_STRENGTHS = (0.0625, 0.125, 0.25)
 DEV_PROMPT = (1.0, 0.0)
@@ -57,23 +51,6 @@ STEERABILITY_STRENGTHS = (0.03125, 0.5, 1.0)
 # state rescaled to its unsteered norm (a rotation toward the direction); spread: the same
 # strength divided over the profile's candidate layers (fints_edge.layers.candidate_layers).
 WIDENING_STRENGTHS = (0.25, 0.5, 1.0)
-
-
-def shipped(n_layer: int) -> Setting:
-    """The chat's global default (fints_edge.config) as an evaluation setting."""
-    d = DEFAULTS
-    return Setting(
-        (default_layer(n_layer),),
-        d.strength,
-        k=d.k,
-        sites=("attn",),
-        strength_unit=d.strength_unit,
-        item_norm=d.item_norm,
-        prompt_strength=d.prompt_strength,
-        repeat_fade=d.repeat_fade,
-        block_repeats=d.block_repeats,
-        opening_strength=d.strength * d.opening_scale,
-    )
 
 
 def candidates(n_layer: int) -> list[Setting]:
@@ -104,15 +81,6 @@ def _around(n_layer: int, grid: Sequence[tuple[float, float]]) -> list[Setting]:
     out = [replace(base, strength=s, opening_strength=s * DEFAULTS.opening_scale,
                    prompt_strength=p) for s, p in grid]  # fmt: skip
     return sorted(set(out), key=lambda s: (-s.prompt_strength, s.strength))
-
-
-def product_default(ev: Evaluation) -> Setting:
-    """What a user of this model gets without calibration: the chat's global default with the
-    model's row (fints_edge.model_defaults) applied; calibration starts from it."""
-    from fints_edge.model_defaults import model_changes
-
-    s = replace(shipped(ev.n_layer), **model_changes(ev.identity))  # the row's knobs are fields
-    return replace(s, opening_strength=s.strength * DEFAULTS.opening_scale)
 
 
 def pick_users(n: int | None) -> list[UserData]:
@@ -221,13 +189,8 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         for method in METHODS:
             s = chosen["rag"] if method.startswith("fints+rag") else chosen["steer"]
             test += ev.answer(NAME, users, "test", method, s)
-        calibrations, start = {}, product_default(ev)
-        for method, rag in CALIBRATED_METHODS.items():
-            for u in users:
-                if u.user not in ev.profiles:
-                    continue
-                s, calibrations[(method, u.user)] = calibrated(ev, u, method, rag, start)
-                test += ev.answer(NAME, [u], "test", method, s)
+        got, calibration = calibrated_answers(ev, NAME, users)
+        test += got
         first_lines(test)
         score(ev, test, ev.unsteered(test))
     finally:
@@ -249,57 +212,11 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
         "setting": {f: s.label() for f, s in chosen.items()},
         "methods": table,
         "examples": examples(test, users),
-        "calibration": {"budget_s": CALIBRATION_BUDGET_S, "from": start.label(),
-                        "rule": calibration_rule(),
-                        "users": [{"method": m, "user": user, **c}
-                                  for (m, user), c in calibrations.items()]},  # fmt: skip
+        "calibration": calibration,
         "errors": [{"method": p["method"], "user": p["user"], "error": p["error"]}
                    for p in test if p.get("error")],
     }  # fmt: skip
     return dev + test
-
-
-def calibration_rule() -> str:
-    """How calibration chose (fints_edge.calibrate.SELECTION_RULE), recorded with the rows."""
-    from fints_edge.calibrate import MARGIN_SE, SELECTION_RULE
-
-    return (
-        f"a setting replaces the best so far when its mean held-out score is higher by more "
-        f"than {MARGIN_SE:g} standard error of their paired per-item differences "
-        f"({SELECTION_RULE})"
-    )
-
-
-def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
-               base: Setting) -> tuple[Setting, dict]:  # fmt: skip
-    """The author's own setting: fints_edge.calibrate on their profile (history items only),
-    from ``base`` (the model's product default), ``rag`` fixed; cached per author, method and
-    starting point like the answers."""
-    import hashlib
-    import json
-
-    from fints_edge._atomic import write_text
-    from fints_edge.calibrate import SELECTION_RULE, Calibrator
-
-    start = hashlib.sha256(f"{base.label()}|{SELECTION_RULE}".encode()).hexdigest()[:8]
-    path = ev.cache.folder / f"calibration-{method}-{u.user}-{start}.json"
-    if path.is_file():
-        got = json.loads(path.read_text(encoding="utf-8"))
-    else:
-        assert ev.runner is not None
-        ev.runner.use(ev.profiles[u.user])
-        ev.runner.configure(ev.runner.exact, base, rag)
-        result = Calibrator(ev.runner.exact, budget_s=CALIBRATION_BUDGET_S, rag=rag).run()
-        got = result.to_json()
-        write_text(path, json.dumps(got))  # atomic: a crash never leaves half a file
-    c = got["changes"]
-    strength = float(c.get("strength", base.strength))
-    opening = base.opening_strength / base.strength if base.strength else 0.0
-    s = replace(base, strength=strength, opening_strength=strength * opening,
-                k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
-                prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
-    keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
 
 
 def examples(test: Sequence[dict], users: Sequence[UserData], per_user: int = 1,

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from evals.cache import RunCache, run_key
+from evals.calibrated import CALIBRATED_METHODS, CALIBRATED_PAIRS, calibrated_answers
 from evals.conditional import DEFAULT_CONDITIONAL, make_conditional
 from evals.datasets import LONGLAMP_MINI, UserTask, load_lamp, load_longlamp
 from evals.fluency import vocabulary
@@ -233,7 +234,7 @@ class Evaluation:
         kv = [p["kv_bytes"] for p in preds if p["method"] == "prefix-cached" and p.get("kv_bytes")]
         out = {m: float(np.mean(steer)) for m in STEERING} | {"zero-shot": 0.0}
         out |= {m: float(np.mean(texts)) for m in ("rag-1", "rag-2", "rag-3")}
-        out["fints+rag-1"] = float(np.mean(steer))
+        out |= {m: float(np.mean(steer)) for m in ("fints+rag-1", *CALIBRATED_METHODS)}
         if kv:
             out["prefix-cached"] = float(np.mean(kv))
         return out
@@ -242,7 +243,8 @@ class Evaluation:
 def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
                        results: dict[str, Any]) -> list[dict]:  # fmt: skip
     """The synthetic benchmarks: one dev sweep, the fluency rule on their baselines, every
-    method on their test split, then personas-shift and longlamp-mini at the chosen setting."""
+    method on their test split (and each user's calibrated setting, evals/calibrated.py), then
+    personas-shift and longlamp-mini at the chosen setting."""
     args, plan = ev.args, ev.plan
     for name, users in benches.items():
         say(f"{name}: {len(users)} users, {sum(len(u.history) for u in users)} history items")
@@ -306,11 +308,16 @@ def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
                 continue
             limit = plan.torch_items if method == "fints-torch" else None
             test += ev.answer(name, users, "test", method, best, limit=limit)
+        got, calibration = calibrated_answers(ev, name, users)
+        test += got
         ev.scoring.score(test, ev.unsteered(test))
         cold = [p["first_token_ms"] for p in test
                 if p["method"] == "prefix-cached" and p.get("cold") and p.get("first_token_ms")]  # fmt: skip
+        memory = ev.memory(best, users, test)
         table = summarize(test, METHODS, ev.scoring.metrics(True), args.bootstrap, args.seed,
-                          ev.memory(best, users, test))  # fmt: skip
+                          memory)  # fmt: skip
+        table |= summarize(test, tuple(CALIBRATED_METHODS), ev.scoring.metrics(True),
+                           args.bootstrap, args.seed, memory, pairs=CALIBRATED_PAIRS)  # fmt: skip
         if "prefix-cached" in table and cold:
             table["prefix-cached"]["cold_first_token_ms"] = float(np.median(cold))
         results["benchmarks"][name] = {
@@ -318,8 +325,13 @@ def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
             "split": "test",
             "setting": best.label(),
             "methods": table,
-            "by_style": by_group(test, METHODS, "style"),
-            "by_kind": by_group(test, METHODS, "kind") if name == "personas-conditional" else {},
+            "by_style": by_group(test, (*METHODS, *CALIBRATED_METHODS), "style"),
+            "by_kind": (
+                by_group(test, (*METHODS, *CALIBRATED_METHODS), "kind")
+                if name == "personas-conditional"
+                else {}
+            ),  # fmt: skip
+            "calibration": calibration,
             "errors": [
                 {"method": p["method"], "user": p["user"], "error": p["error"]}
                 for p in test

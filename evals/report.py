@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evals.calibrated import CALIBRATED_METHODS, CALIBRATED_PAIRS
 from evals.fluency import FluencyRule
 from evals.machine import machine_info
 from fints_edge._atomic import write_text as atomic_write_text
@@ -20,7 +21,7 @@ from fints_edge.errors import FintsEdgeError
 
 METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
                 "fints-exact", "fints-cvec", "fints+rag-1", "fints-torch-profile", "fints-torch",
-                "fints-recency")  # fmt: skip
+                "fints-recency", *CALIBRATED_METHODS)  # fmt: skip
 STEERED = ("static", "random", "fints-exact", "fints-cvec", "fints+rag-1", "fints-recency")
 # Methods whose answers are not streamed: the torch reference (evals/run.py ``_torch_answer``)
 # records its whole generation as ``first_token_ms``. That is no time to first token, so the
@@ -191,15 +192,7 @@ def commits_lines(b: dict) -> list[str]:
     lines += ["", "Dev candidates (ROUGE-L of fluent answers, fluent share):", ""]
     lines += [f"- {t['method']} {t['label']}: {t['rougeL_fluent']:.3f}, {t['fluent']:.2f}"
               for t in dev["tried"]]  # fmt: skip
-    cal = b.get("calibration")
-    if cal:
-        lines += ["", "Per-author calibration (fints_edge.calibrate on each author's history only, "
-                  f"from `{cal['from']}`, {cal['budget_s']:g} s budget; "
-                  f"{cal.get('rule', 'a setting replaces the best so far when it scores higher')}"
-                  "; held-out score = mean of ROUGE-L and habits kept):", ""]  # fmt: skip
-        lines += [f"- {c['method']} {c['user']}: **{c['label']}** (held-out {c['score']:.3f} vs "
-                  f"{c['unsteered_score']:.3f} unsteered, {c['default_score']:.3f} default; "
-                  f"{c['tried']} settings in {c['seconds']:.0f} s)" for c in cal["users"]]  # fmt: skip
+    lines += calibration_lines(b.get("calibration"), "author")
     if b.get("examples"):
         lines += ["", "What the methods wrote for one test commit of a few authors:", "",
                   "| author | gold | zero-shot | rag-1 | fints+rag-1 | fints-exact |",
@@ -211,6 +204,32 @@ def commits_lines(b: dict) -> list[str]:
     if b.get("errors"):
         lines += ["", f"{len(b['errors'])} answers failed and count as wrong."]
     return lines + [""]
+
+
+def calibration_lines(cal: dict | None, who: str) -> list[str]:
+    """How each ``who``'s calibrated setting was chosen (evals/calibrated.py)."""
+    if not cal:
+        return []
+    lines = ["", f"Per-{who} calibration (fints_edge.calibrate on each {who}'s history only, "
+             f"from `{cal['from']}`, {cal['budget_s']:g} s budget; "
+             f"{cal.get('rule', 'a setting replaces the best so far when it scores higher')}"
+             "; held-out score = mean of ROUGE-L and habits kept):", ""]  # fmt: skip
+    for c in cal["users"]:
+        lines.append(
+            f"- {c['method']} {c['user']}: not calibrated ({c['error']})"
+            if c.get("error")
+            else f"- {c['method']} {c['user']}: **{c['label']}** (held-out {c['score']:.3f} vs "
+            f"{c['unsteered_score']:.3f} unsteered, {c['default_score']:.3f} default; "
+            f"{c['tried']} settings in {c['seconds']:.0f} s)"
+        )
+    return lines
+
+
+def calibrated_verdicts(methods: dict, metric: str) -> list[str]:
+    """Each calibrated row against its twins (evals/calibrated.py CALIBRATED_PAIRS)."""
+    return [f"{m} " + "; ".join(verdict(methods[m], metric, other)
+                                for mm, other in CALIBRATED_PAIRS if mm == m) + "."
+            for m in CALIBRATED_METHODS if m in methods]  # fmt: skip
 
 
 def text_table(bench: dict) -> list[str]:
@@ -435,6 +454,8 @@ def render(results: dict, preds: dict[str, list[dict]]) -> str:
                     lines += ["", "fints-exact " + verdict(m["fints-exact"], "fluent_adherence",
                                                           "rag-1") + "; " +
                               verdict(m["fints-exact"], "fluent_adherence", "prefix-cached") + "."]  # fmt: skip
+                lines += [x for v in calibrated_verdicts(m, "fluent_adherence") for x in ("", v)]
+                lines += calibration_lines(b.get("calibration"), "user")
                 lines += group_table(b.get("by_kind", {}), "kind")
                 lines += group_table(b.get("by_style", {}), "style")
             if b.get("errors"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from evals.commits_bench import PAIRS, candidates, pick_users, shipped
+from evals.calibrated import shipped
+from evals.commits_bench import PAIRS, candidates, pick_users
 from evals.report import commits_lines, write_outputs
 from evals.scoring import summarize
 from fints_edge.config import DEFAULTS
@@ -125,7 +126,7 @@ def test_steering_alone_is_also_measured_across_the_steerability_strengths():
 def test_calibration_starts_from_the_models_product_default(monkeypatch):
     from types import SimpleNamespace
 
-    from evals.commits_bench import product_default
+    from evals.calibrated import product_default
     from fints_edge import model_defaults
     from fints_edge.model_defaults import ModelRow
     from tests._factories import identity

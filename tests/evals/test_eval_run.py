@@ -4,6 +4,7 @@ fluency rule, cost columns, a generated report, and a resumed run that recompute
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -74,7 +75,7 @@ def eval_cache(tmp_path, monkeypatch, onnx_encoder_dir, onnx_aggregator_path):
     return cache
 
 
-ARGS = ["--users", "2", "--history", "2", "--tests", "2", "--per-kind", "2",
+ARGS = ["--users", "2", "--history", "8", "--tests", "2", "--per-kind", "2",
         "--tests-per-kind", "1", "--skip", "shift", "longlamp", "commits", "torch", "--bootstrap",
         "50", "--threads", "1"]  # fmt: skip
 
@@ -102,6 +103,21 @@ def test_a_whole_run_on_the_tiny_model_then_a_resumed_one(tiny, tmp_path):
         assert methods["prefix-cached"]["cold_first_token_ms"] > 0
         ci = methods["fints-exact"]["fluent_adherence_vs_prefix-cached"]["ci95"]
         assert ci[0] <= methods["fints-exact"]["fluent_adherence_vs_prefix-cached"]["diff"] <= ci[1]
+    # each user's own setting (evals/calibrated.py), beside the dev-chosen one it must match
+    cal = entry["benchmarks"]["personas"]["calibration"]["users"]
+    done = [c for c in cal if "error" not in c]  # a user whose filtered history is too short
+    assert {c["method"] for c in done} == {"fints-calibrated", "fints+rag-1-calibrated"}, cal
+    assert all(c["score"] >= c["default_score"] for c in done), cal
+    assert all("usable items" in c["error"] for c in cal if c not in done), cal
+    methods = entry["benchmarks"]["personas"]["methods"]
+    assert 1 <= methods["fints-calibrated"]["n"] <= methods["fints-exact"]["n"]
+    assert "fluent_adherence_vs_fints-exact" in methods["fints-calibrated"]
+    assert "fluent_adherence_vs_rag-1" in methods["fints+rag-1-calibrated"]
+    assert methods["fints-calibrated"]["memory_bytes"] == methods["fints-exact"]["memory_bytes"]
+    # conditional users hold 4 history items, too few to hold any out: said per user, no rows
+    cond = entry["benchmarks"]["personas-conditional"]
+    assert all("needs 2 older" in c["error"] for c in cond["calibration"]["users"])
+    assert len(cond["calibration"]["users"]) == 4 and "fints-calibrated" not in cond["methods"]
     rule = entry["fluency_rule"]
     assert rule["calibrated_on"] > 0 and rule["max_repetition"] >= 0.1
     chosen = entry["sweep"]["chosen"]
@@ -114,6 +130,10 @@ def test_a_whole_run_on_the_tiny_model_then_a_resumed_one(tiny, tmp_path):
     preds = [json.loads(x) for x in preds_file.read_text().splitlines()]
     readme = (out / "README.md").read_text()
     assert readme == render(r, {tiny.gguf_path.name: preds})  # generated, never typed
+    word = "(beats|loses to|is not distinguishable from)"
+    assert re.search(f"\nfints-calibrated {word} zero-shot on fluent_adherence .*; {word} "
+                     "fints-exact on fluent_adherence", readme)  # fmt: skip
+    assert "Per-user calibration" in readme and "not calibrated (calibration holds out" in readme
     assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fe = [p for p in preds if p["benchmark"] == "personas" and p["split"] == "test"
           and p["method"] == "fints-exact"]  # fmt: skip
