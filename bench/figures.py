@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.render import machine_text
+from evals.machine import machine_text
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = "bench/results.json"

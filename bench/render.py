@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from evals.machine import machine_text
+
 TARGETS = {  # issue 17's, and the earlier ones it keeps
     "cvec_decode_ratio": (">=", 0.99),
     "exact_decode_ratio": (">=", 0.97),
@@ -22,22 +24,6 @@ TARGETS = {  # issue 17's, and the earlier ones it keeps
     "learn_commit_item_s": ("<=", 1.0),  # issue 24: a ~180-token item on 1 thread
     "calibrate_s_30": ("<=", 90.0),  # issue 24: a 30-item profile, default budget, 2 cores
 }
-
-
-def machine_text(m: dict | None, source: str) -> str:
-    """The machine a results file records (evals/machine.py), or that it records none."""
-    if not m or not m.get("cpu"):
-        return f"CPU not recorded in `{source}`"
-    parts = [str(m["cpu"])]
-    logical, usable = m.get("logical_cpus"), m.get("usable_cpus")
-    if logical:
-        cpus = f"{logical} logical CPUs"
-        parts.append(cpus + (f" ({usable} usable)" if usable and usable != logical else ""))
-    if m.get("system") or m.get("arch"):
-        parts.append(" ".join(str(m[k]) for k in ("system", "arch") if m.get(k)))
-    if m.get("llama_build_key"):
-        parts.append(f"llama.cpp build `{m['llama_build_key']}`")
-    return ", ".join(parts)
 
 
 def target_met(r: dict, key: str) -> bool:

@@ -56,3 +56,19 @@ def machine_info(threads: dict[str, int] | None = None) -> dict[str, Any]:
         "llama_build_key": _llama_build_key(),
         "threads": dict(threads or {}),
     }
+
+
+def machine_text(m: dict | None, source: str) -> str:
+    """The machine a results file records (:func:`machine_info`), or that it records none."""
+    if not m or not m.get("cpu"):
+        return f"CPU not recorded in `{source}`"
+    parts = [str(m["cpu"])]
+    logical, usable = m.get("logical_cpus"), m.get("usable_cpus")
+    if logical:
+        cpus = f"{logical} logical CPUs"
+        parts.append(cpus + (f" ({usable} usable)" if usable and usable != logical else ""))
+    if m.get("system") or m.get("arch"):
+        parts.append(" ".join(str(m[k]) for k in ("system", "arch") if m.get(k)))
+    if m.get("llama_build_key"):
+        parts.append(f"llama.cpp build `{m['llama_build_key']}`")
+    return ", ".join(parts)

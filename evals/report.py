@@ -14,7 +14,7 @@ from typing import Any
 
 from evals.calibrated import CALIBRATED_METHODS, CALIBRATED_PAIRS
 from evals.fluency import FluencyRule
-from evals.machine import machine_info
+from evals.machine import machine_info, machine_text
 from fints_edge._atomic import write_text as atomic_write_text
 from fints_edge._cli import cli_main
 from fints_edge.errors import FintsEdgeError
@@ -403,8 +403,12 @@ def synthetic_header(e: dict, preds: Sequence[dict]) -> list[str]:
 
 
 def _built_with(run: dict) -> str:
-    """The suffix '; <llama.cpp build>' for a run that recorded it (runs before 2026-12-07 did not)."""
-    return f"; {run['llama_build']}" if run.get("llama_build") else ""
+    """The suffix '; <llama.cpp build>; on <machine>' for a run that recorded them (older runs
+    recorded neither, or the build alone)."""
+    out = f"; {run['llama_build']}" if run.get("llama_build") else ""
+    if (run.get("machine") or {}).get("cpu"):
+        out += f"; on {machine_text(run['machine'], 'results.json')}"
+    return out
 
 
 def render(results: dict, preds: dict[str, list[dict]]) -> str:

@@ -109,6 +109,12 @@ def test_a_results_file_with_only_the_real_data_benchmark_renders():
     text = render({"models": {"m.gguf": entry}}, {})
     assert "## m.gguf" in text and "### commits: real commit subjects" in text
     assert "Setting chosen on dev" not in text  # no synthetic sweep ran
+    assert "; on " not in text  # no machine recorded: none named
+    entry["machine"] = {"cpu": "Example CPU 9000", "logical_cpus": 2, "llama_build_key": "k-1"}
+    text = render({"models": {"m.gguf": entry}}, {})
+    assert (
+        "through the run cache; on Example CPU 9000, 2 logical CPUs, llama.cpp build `k-1`)" in text
+    )
 
 
 def test_steering_alone_is_also_measured_across_the_steerability_strengths():
