@@ -94,7 +94,8 @@ figures:
 # every method on the test split; writes docs/eval/ (results merge per model; each run records its
 # minutes per part). About 90 min on 2 cores for the default model, measured on an older machine
 # (commits alone: `EVAL_ARGS="--skip personas conditional shift longlamp torch"`, 75 min fresh on
-# an AVX2 AMD EPYC; MODEL=qwen0.5b 110 min there, MODEL=gemma270m 63 min, steerability and
+# an AVX2 AMD EPYC; MODEL=qwen0.5b 110 min there, MODEL=gemma270m 63 min, MODEL=qwen1.5b 87 min
+# with EVAL_ARGS adding `--commit-users 2` (2 of the 6 authors), steerability and
 # widening points included; the persona benchmarks' calibrated rows, up to 60 s per user and
 # row, are not in these times yet). MODEL=path.gguf evaluates another GGUF;
 # MODEL=qwen0.5b (or another name from `python -m fints_edge.zoo list`) installs it first.

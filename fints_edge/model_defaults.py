@@ -6,7 +6,8 @@ depth, width) and the knob changes over :data:`fints_edge.config.DEFAULTS` that 
 chose on that model's dev split, with the run that chose them; ``tests/test_model_defaults.py``
 holds each row to ``docs/eval/results.json``. A model without a row gets DEFAULTS (chosen on
 SmolLM2-135M). The layer is a fraction of the depth for every model (``layers.default_layer``):
-SmolLM2's and Qwen's sweeps kept ~2/3 (gemma's commits run did not vary it: layer 12 of 18).
+SmolLM2's and Qwen-0.5B's sweeps kept ~2/3 (the commits runs of gemma and Qwen-1.5B did not
+vary it: layer 12 of 18, 19 of 28).
 
 What a setting is built from, lowest first: DEFAULTS, the model's row, the profile's stored
 calibration (``fints_edge.calibrate``), the command line's flags (chat) or the operator's flags
@@ -58,6 +59,16 @@ TABLE: tuple[ModelRow, ...] = (
         "make eval MODEL=qwen0.5b, commits dev split, steering alone: ROUGE-L of fluent answers "
         "0.213 vs 0.202 at the global defaults (an AVX2 host; an earlier host's run chose the "
         "same strength with the prompt unsteered, 0.227 vs 0.211)",
+    ),
+    ModelRow(
+        "qwen2.5-coder-1.5b-instruct.gguf",
+        "qwen2",
+        28,
+        1536,
+        {"strength": 0.125, "prompt_strength": 0.0},
+        "make eval MODEL=qwen1.5b EVAL_ARGS='... --commit-users 2', commits dev split (2 authors, "
+        "16 answers per setting), steering alone: ROUGE-L of fluent answers 0.240 vs 0.209 at the "
+        "global defaults (an AVX2 host; zero-shot 0.214)",
     ),
     ModelRow(
         "gemma-3-270m-q4_k_m.gguf",
