@@ -1,4 +1,4 @@
-"""The calibrated rows of every benchmark: each user's own setting, as a user of the product gets it.
+"""The calibrated rows of every benchmark: each user's own setting, as the product chooses it.
 
 What a user gets without calibration is the chat's global default with the model's row applied
 (:func:`product_default`); ``fints_edge.calibrate`` starts from it on the user's profile, on
