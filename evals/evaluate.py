@@ -313,7 +313,7 @@ def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
         ev.scoring.score(test, ev.unsteered(test))
         cold = [p["first_token_ms"] for p in test
                 if p["method"] == "prefix-cached" and p.get("cold") and p.get("first_token_ms")]  # fmt: skip
-        memory = ev.memory(best, users, test)
+        memory, every = ev.memory(best, users, test), (*METHODS, *CALIBRATED_METHODS)
         table = summarize(test, METHODS, ev.scoring.metrics(True), args.bootstrap, args.seed,
                           memory)  # fmt: skip
         table |= summarize(test, tuple(CALIBRATED_METHODS), ev.scoring.metrics(True),
@@ -325,12 +325,8 @@ def persona_benchmarks(ev: Evaluation, benches: dict[str, list[UserData]],
             "split": "test",
             "setting": best.label(),
             "methods": table,
-            "by_style": by_group(test, (*METHODS, *CALIBRATED_METHODS), "style"),
-            "by_kind": (
-                by_group(test, (*METHODS, *CALIBRATED_METHODS), "kind")
-                if name == "personas-conditional"
-                else {}
-            ),  # fmt: skip
+            "by_style": by_group(test, every, "style"),
+            "by_kind": by_group(test, every, "kind") if name == "personas-conditional" else {},
             "calibration": calibration,
             "errors": [
                 {"method": p["method"], "user": p["user"], "error": p["error"]}

@@ -42,8 +42,10 @@ def write_outputs(out: Path, model_name: str, entry: dict, preds: Sequence[dict]
     """Merge one model's results into OUT/results.json and regenerate everything; the run is
     written where it ran, so this machine is recorded with it."""
     out.mkdir(parents=True, exist_ok=True)
-    threads = entry.get("threads")
-    entry = entry | {"machine": machine_info({"llama.cpp": threads} if threads else None)}
+    threads = entry.get("threads")  # kept once, inside the machine
+    entry = {k: v for k, v in entry.items() if k != "threads"} | {
+        "machine": machine_info({"llama.cpp": threads} if threads else None)
+    }
     path = out / "results.json"
     results: dict[str, Any] = {"format": "fints-edge-eval", "version": 2, "models": {}}
     if path.is_file():
@@ -406,8 +408,9 @@ def _built_with(run: dict) -> str:
     """The suffix '; <llama.cpp build>; on <machine>' for a run that recorded them (older runs
     recorded neither, or the build alone)."""
     out = f"; {run['llama_build']}" if run.get("llama_build") else ""
-    if (run.get("machine") or {}).get("cpu"):
-        out += f"; on {machine_text(run['machine'], 'results.json')}"
+    if (run.get("machine") or {}).get("cpu"):  # its build key is named once
+        machine = run["machine"] | ({"llama_build_key": None} if out else {})
+        out += f"; on {machine_text(machine, 'results.json')}"
     return out
 
 

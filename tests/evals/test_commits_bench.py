@@ -115,6 +115,9 @@ def test_a_results_file_with_only_the_real_data_benchmark_renders():
     assert (
         "through the run cache; on Example CPU 9000, 2 logical CPUs, llama.cpp build `k-1`)" in text
     )
+    entry["llama_build"] = "llama.cpp build (chosen from this CPU): GGML_AVX2; key k-1"
+    text = render({"models": {"m.gguf": entry}}, {})
+    assert "GGML_AVX2; key k-1; on Example CPU 9000, 2 logical CPUs)" in text  # the key once
 
 
 def test_steering_alone_is_also_measured_across_the_steerability_strengths():
