@@ -2,7 +2,7 @@
 
 What a user gets without calibration is the chat's global default with the model's row applied
 (:func:`product_default`); ``fints_edge.calibrate`` starts from it on the user's profile, on
-their HISTORY only (never dev or test items), within the product's time budget, and the row
+their HISTORY only (never dev or test items), with the product's budget, and the row
 answers the test split at the setting it chose. ``fints-calibrated`` steers alone and
 ``fints+rag-1-calibrated`` steers on top of one retrieved example, each compared with its
 unsteered twin and with the dev-chosen setting of the same family (issue 24: calibrated >=
@@ -30,7 +30,6 @@ CALIBRATED_METHODS = {"fints-calibrated": 0, "fints+rag-1-calibrated": 1}
 CALIBRATED_PAIRS = (("fints-calibrated", "zero-shot"), ("fints-calibrated", "fints-exact"),
                     ("fints+rag-1-calibrated", "rag-1"),
                     ("fints+rag-1-calibrated", "fints+rag-1"))  # fmt: skip
-CALIBRATION_BUDGET_S = 60.0  # the product's default budget (fints_edge.calibrate)
 
 
 def shipped(n_layer: int) -> Setting:
@@ -76,9 +75,11 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
     from ``base`` (the model's product default), ``rag`` fixed; cached per user, method and
     starting point like the answers (user names are unique across benchmarks)."""
     from fints_edge._atomic import write_text
-    from fints_edge.calibrate import SELECTION_RULE, Calibrator
+    from fints_edge.calibrate import DEFAULT_BUDGET_S, SELECTION_RULE, Calibrator, budget_text
 
-    start = hashlib.sha256(f"{base.label()}|{SELECTION_RULE}".encode()).hexdigest()[:8]
+    # another start, rule or budget is another calibration
+    key = f"{base.label()}|{SELECTION_RULE}|{budget_text(DEFAULT_BUDGET_S)}"
+    start = hashlib.sha256(key.encode()).hexdigest()[:8]
     path = ev.cache.folder / f"calibration-{method}-{u.user}-{start}.json"
     if path.is_file():
         got = json.loads(path.read_text(encoding="utf-8"))
@@ -86,7 +87,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
         assert ev.runner is not None
         ev.runner.use(ev.profiles[u.user])
         ev.runner.configure(ev.runner.exact, base, rag)
-        result = Calibrator(ev.runner.exact, budget_s=CALIBRATION_BUDGET_S, rag=rag).run()
+        result = Calibrator(ev.runner.exact, rag=rag).run()  # the product's default budget
         got = result.to_json()
         write_text(path, json.dumps(got))  # atomic: a crash never leaves half a file
     c = got["changes"]
@@ -116,5 +117,7 @@ def calibrated_answers(ev: Evaluation, bench: str,
                 continue
             records.append({"method": method, "user": u.user, **record})
             preds += ev.answer(bench, [u], "test", method, s)
-    return preds, {"budget_s": CALIBRATION_BUDGET_S, "from": start.label(),
+    from fints_edge.calibrate import DEFAULT_BUDGET_S
+
+    return preds, {"budget_s": DEFAULT_BUDGET_S, "from": start.label(),
                    "rule": calibration_rule(), "users": records}  # fmt: skip

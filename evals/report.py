@@ -17,6 +17,7 @@ from evals.fluency import FluencyRule
 from evals.machine import machine_info, machine_text
 from fints_edge._atomic import write_text as atomic_write_text
 from fints_edge._cli import cli_main
+from fints_edge.calibrate import budget_text
 from fints_edge.errors import FintsEdgeError
 
 METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
@@ -213,7 +214,7 @@ def calibration_lines(cal: dict | None, who: str) -> list[str]:
     if not cal:
         return []
     lines = ["", f"Per-{who} calibration (fints_edge.calibrate on each {who}'s history only, "
-             f"from `{cal['from']}`, {cal['budget_s']:g} s budget; "
+             f"from `{cal['from']}`, {budget_text(cal['budget_s'])}; "
              f"{cal.get('rule', 'a setting replaces the best so far when it scores higher')}"
              "; held-out score = mean of ROUGE-L and habits kept):", ""]  # fmt: skip
     for c in cal["users"]:

@@ -18,7 +18,11 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   author "no steering" led by 0.15 (> 1 SE) on 6 held-out items while steering gained 0.09
   ROUGE-L on their 12 test commits.
 - The search goes by stages (retrieved examples in the prompt, strength, layer, prompt strength,
-  K), each starting from the best so far, within a time budget.
+  K), each starting from the best so far. By default it measures every setting the stages name
+  (:func:`most_settings`, 13 at most): with a 60 s budget the choice followed the machine and the
+  model's size (SmolLM2 tried 9-11 settings per commit author, Qwen2.5-Coder-1.5B 2-4, and every
+  1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
+  user's cap for a slow device.
 - A profile built for calibration stores a few candidate layers (``layers.candidate_layers``);
   every setting steers one of them, starting from the one nearest the default depth, and the
   stored choice always names its layer (steering all of them at once is not a candidate). A
@@ -39,7 +43,7 @@ from fints_edge.agreement import answer_score, first_line, rouge_l
 from fints_edge.config import CALIBRATED, EngineConfig
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
-from fints_edge.layers import candidate_layers, preferred_layer
+from fints_edge.layers import CANDIDATE_LAYER_FRACTIONS, candidate_layers, preferred_layer
 
 if TYPE_CHECKING:
     from fints_edge.engine import Engine
@@ -49,7 +53,8 @@ CALIBRATION_VERSION = 1
 MIN_HELD_OUT = 4
 MAX_HELD_OUT = 8
 MIN_OLDER = 2  # the oldest held-out item still retrieves from this many items
-DEFAULT_BUDGET_S = 60.0
+# None: no time cap, every setting the stages name (deterministic on any machine)
+DEFAULT_BUDGET_S: float | None = None
 STRENGTH_STEPS = (0.5, 2.0)  # x the best strength so far (residual units)
 PROMPT_STRENGTHS = (0.0, 0.5)  # steer the prompt less than the answer (long real inputs)
 KS = (1, 8)
@@ -58,6 +63,25 @@ KS = (1, 8)
 # rule, not tuned on any benchmark). Part of a cached calibration's identity in the evaluation.
 MARGIN_SE = 1.0
 SELECTION_RULE = f"paired, {MARGIN_SE:g} SE"
+
+
+def most_settings(n_layers: int = len(CANDIDATE_LAYER_FRACTIONS), rag_fixed: bool = False) -> int:
+    """The most settings one calibration measures on a profile storing ``n_layers`` layers: the
+    default, no steering, and every stage's (a progress bar's length; stages a "no steering"
+    best skips make it shorter)."""
+    rag = 0 if rag_fixed else 2
+    layers = n_layers if n_layers >= 2 else 0
+    return 2 + rag + len(STRENGTH_STEPS) + layers + len(PROMPT_STRENGTHS) + len(KS)
+
+
+MOST_SETTINGS = most_settings()  # on a profile built for calibration (its candidate layers)
+
+
+def budget_text(budget_s: float | None) -> str:
+    """How long calibration tries settings, in words (the CLI's help, the evaluation's record)."""
+    if budget_s is None:
+        return "every setting of the grid"
+    return f"a {budget_s:g} s budget"
 
 
 def check_history_size(total: int, n: int | None = None) -> int:
@@ -244,12 +268,14 @@ class Calibrator:
         engine: Engine,
         *,
         n_held_out: int | None = None,
-        budget_s: float = DEFAULT_BUDGET_S,
+        budget_s: float | None = DEFAULT_BUDGET_S,
         progress: Callable[[str], None] | None = None,
         guard: Callable[[str], bool] = fluent,
         rag: int | None = None,
     ) -> None:
-        """``guard``: which answers count (default :func:`fluent`); a broken one scores 0.
+        """``budget_s``: stop trying settings after this long (None: try them all).
+        ``progress``: called once per setting measured, with a line naming it and its score.
+        ``guard``: which answers count (default :func:`fluent`); a broken one scores 0.
         ``rag``: fix the retrieved examples in the prompt (the evaluation's steering-only and
         steering-on-RAG rows); None lets calibration choose 0 or 1."""
         self.engine = engine
@@ -268,6 +294,7 @@ class Calibrator:
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
         self._scored: dict[str, Tried] = {}
+        self.most = most_settings(len(self.profile.layers), rag_fixed="rag" in self.fixed)
 
     def run(self) -> Calibration:
         t0 = time.perf_counter()
@@ -278,7 +305,7 @@ class Calibrator:
         budget_hit = False
         for stage in self._stages(stored_layers):
             for changes in stage(best):
-                budget_hit = time.perf_counter() - t0 > self.budget_s
+                budget_hit = self.budget_s is not None and time.perf_counter() - t0 > self.budget_s
                 if budget_hit:
                     break
                 got = self.measure(best.changes | changes)
@@ -365,7 +392,10 @@ class Calibrator:
         )
         self._scored[key] = got
         if self.progress is not None:
-            self.progress(f"{got.label}: score {got.score:.3f}, fluent {got.fluent:.2f}")
+            self.progress(
+                f"setting {len(self._scored)} of at most {self.most}, {got.label}: "
+                f"score {got.score:.3f}, fluent {got.fluent:.2f}"
+            )
         return got
 
 

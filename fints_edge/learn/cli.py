@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fints_edge._cli import cli_main
-from fints_edge.calibrate import DEFAULT_BUDGET_S, provisional
+from fints_edge.calibrate import DEFAULT_BUDGET_S, budget_text, most_settings, provisional
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_BUDGET_S,
         metavar="SECONDS",
-        help=f"stop trying settings after this long (default: {DEFAULT_BUDGET_S:g})",
+        help=f"stop trying settings after this long (default: {budget_text(DEFAULT_BUDGET_S)}, "
+        f"at most {most_settings()})",
     )
     cal.add_argument(
         "--aggregator",
@@ -114,7 +115,7 @@ def _check_args(args: argparse.Namespace) -> str:
             "give exactly one of --add JSONL, --history JSONL, --forget ID or --calibrate PROFILE"
         )
     action = actions[0]
-    if not (args.budget > 0 and math.isfinite(args.budget)):
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise FintsEdgeError(f"--budget must be a positive number of seconds, got {args.budget}")
     if args.held_out is not None and args.held_out < 1:
         raise FintsEdgeError("--held-out must be at least 1")
@@ -186,7 +187,10 @@ def _calibrate(args: argparse.Namespace, path: Path) -> None:
         calibrator = Calibrator(engine, n_held_out=args.held_out, budget_s=args.budget,
                                 progress=say)  # fmt: skip
         if say is not None:
-            say(f"answering {len(calibrator.items)} held-out items per setting")
+            say(
+                f"answering {len(calibrator.items)} held-out items per setting, at most "
+                f"{calibrator.most} settings ({budget_text(args.budget)})"
+            )
         result = calibrator.run()
         replace(engine.profile, calibration=result.to_json()).save(path)
     print(f"{path}: {result.summary()}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fints_edge.calibrate import check_history_size, provisional
+from fints_edge.calibrate import MOST_SETTINGS, check_history_size, provisional
 from fints_edge.errors import FintsEdgeError, HistoryError, ProfileError
 from fints_edge.history import HistoryItem, read_history
 from fints_edge.profile import Profile, read_header
@@ -235,8 +235,8 @@ class Builder:
                 check_history_size(len(items))  # too few items: refused now, not after learning
             job = LearnJob(uuid.uuid4().hex[:12], user, items, layers, calibrate)
             n_neg = sum(it.rejected is None for it in items)
-            # calibration's share of the bar: its time budget, one step per second
-            job.total = n_neg + len(items) + (self._calibration_steps() if calibrate else 0)
+            # calibration's share of the bar: one step per setting it may measure
+            job.total = n_neg + len(items) + (MOST_SETTINGS if calibrate else 0)
             self.jobs[job.id] = job
             while len(self.jobs) > 50:  # keep the newest finished jobs for polling
                 oldest = next(iter(self.jobs.values()))
@@ -248,9 +248,6 @@ class Builder:
                 self._thread.start()
             self._wake.notify()
             return job
-
-    def _calibration_steps(self) -> int:
-        return max(1, math.ceil(self.settings.calibration_budget_s))
 
     def get(self, job_id: str) -> LearnJob:
         job = self.jobs.get(job_id)
@@ -355,15 +352,13 @@ class Builder:
 
         s = self.settings
         job.phase = "calibrating: loading"
-        start, steps = job.done, self._calibration_steps()
+        start = job.done
         work = self.store.folder / f".{job.id}.calibrating.npz"
-        t0 = time.perf_counter()
 
         def progress(line: str) -> None:
             if job.cancel.is_set():
                 raise _JobCancelled()
-            elapsed = time.perf_counter() - t0
-            job.done = start + min(steps - 1, int(elapsed * steps / s.calibration_budget_s))
+            job.done = min(job.done + 1, start + MOST_SETTINGS - 1)
             job.phase = f"calibrating: {line}"
 
         try:
@@ -378,7 +373,7 @@ class Builder:
                 ).run()
         finally:
             work.unlink(missing_ok=True)
-        job.done = start + steps
+        job.done = start + MOST_SETTINGS
         return result.to_json()
 
 

@@ -33,8 +33,9 @@ class Settings:
     max_input_chars: int = 8000
     default_user: str | None = None
     model_id: str = field(default="")
-    # a build with calibration (POST /v1/profiles calibrate=1) tries settings this long
-    calibration_budget_s: float = DEFAULT_BUDGET_S
+    # a build with calibration (POST /v1/profiles calibrate=1) tries settings this long at most
+    # (None: every setting of the grid, as ``learn --calibrate``)
+    calibration_budget_s: float | None = DEFAULT_BUDGET_S
 
     def __post_init__(self) -> None:
         if not self.model_id:
