@@ -443,8 +443,9 @@ def _author_history(n: int) -> tuple[str, list]:
 
 
 @contextmanager
-def _device_learner(model: Path, threads: int) -> Iterator[Any]:
-    """A Learner for new profiles (the CLI's recipe) on an exact-mode context, closed after."""
+def _device_learner(model: Path, threads: int, for_calibration: bool = False) -> Iterator[Any]:
+    """A Learner for new profiles (the CLI's recipe; ``learn --calibrate``'s candidate layers
+    with ``for_calibration``) on an exact-mode context, closed after."""
     from fints_edge._paths import default_encoder_dir
     from fints_edge.encode import Encoder
     from fints_edge.learn import Learner, Recipe, new_extractor
@@ -452,7 +453,8 @@ def _device_learner(model: Path, threads: int) -> Iterator[Any]:
 
     llm, injector = open_steerable(model, "exact", n_ctx=1024, n_threads=threads)
     try:
-        yield Learner(new_extractor(llm, injector, Recipe()), Encoder(default_encoder_dir()))
+        recipe = Recipe(for_calibration=for_calibration)
+        yield Learner(new_extractor(llm, injector, recipe), Encoder(default_encoder_dir()))
     finally:
         llm.close()
 
@@ -480,8 +482,9 @@ def learn_commit_bench(model: Path, threads: int, n_items: int = 7) -> dict:
 
 
 def calibrate_bench(model: Path, threads: int) -> dict:
-    """A profile learned from one author's newest 30 commit items, then calibrated with the
-    default budget: seconds to learn it and to calibrate it (issue 24: <= 90 s on 2 cores)."""
+    """A profile learned from one author's newest 30 commit items as ``learn --calibrate``
+    learns it (the candidate layers), then calibrated as it calibrates (every setting by
+    default): seconds to learn it and to calibrate it (issue 24: <= 90 s on 2 cores)."""
     from fints_edge.calibrate import Calibrator
     from fints_edge.config import EngineConfig
     from fints_edge.engine import Engine
@@ -489,7 +492,7 @@ def calibrate_bench(model: Path, threads: int) -> dict:
     user, items = _author_history(CALIBRATION_ITEMS)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "author.npz"
-        with _device_learner(model, threads) as learner:
+        with _device_learner(model, threads, for_calibration=True) as learner:
             t0 = time.perf_counter()
             learner.new_profile(items, progress=False).save(path)
             learn_s = time.perf_counter() - t0
