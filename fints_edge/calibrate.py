@@ -19,7 +19,7 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   ROUGE-L on their 12 test commits.
 - The search goes by stages (retrieved examples in the prompt, strength, layer, prompt strength,
   K), each starting from the best so far. By default it measures every setting the stages name
-  (:func:`most_settings`, 13 at most): with a 60 s budget the choice followed the machine and the
+  (at most :data:`MOST_SETTINGS`): with a 60 s budget the choice followed the machine and the
   model's size (SmolLM2 tried 9-11 settings per commit author, Qwen2.5-Coder-1.5B 2-4, and every
   1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
   user's cap for a slow device.

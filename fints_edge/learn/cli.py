@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fints_edge._cli import cli_main
-from fints_edge.calibrate import DEFAULT_BUDGET_S, budget_text, most_settings, provisional
+from fints_edge.calibrate import DEFAULT_BUDGET_S, MOST_SETTINGS, budget_text, provisional
 from fints_edge.encode import Encoder
 from fints_edge.errors import FintsEdgeError
 from fints_edge.history import read_history
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGET_S,
         metavar="SECONDS",
         help=f"stop trying settings after this long (default: {budget_text(DEFAULT_BUDGET_S)}, "
-        f"at most {most_settings()})",
+        f"at most {MOST_SETTINGS})",
     )
     cal.add_argument(
         "--aggregator",

@@ -232,7 +232,7 @@ class Api:
     async def create_profile(self, request: Request) -> JSONResponse:
         """multipart/form-data: ``name``, ``history`` (a JSONL file), optional ``layers`` and
         ``calibrate`` (``1``: choose the user's own setting on their newest items after
-        learning: up to 13 settings, about a minute more on the default model)."""
+        learning: every setting of the grid, about a minute more on the default model)."""
         from fints_edge.serve.profiles import read_upload
 
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
