@@ -65,12 +65,17 @@ MARGIN_SE = 1.0
 SELECTION_RULE = f"paired, {MARGIN_SE:g} SE"
 
 
-def most_settings(n_layers: int = len(CANDIDATE_LAYER_FRACTIONS), rag_fixed: bool = False) -> int:
+def most_settings(
+    n_layers: int = len(CANDIDATE_LAYER_FRACTIONS),
+    rag_fixed: bool = False,
+    starts_on_one: bool = True,
+) -> int:
     """The most settings one calibration measures on a profile storing ``n_layers`` layers: the
-    default, no steering, and every stage's (a progress bar's length; stages a "no steering"
-    best skips make it shorter)."""
+    default, no steering, and every stage's new settings (a progress bar's length; stages a "no
+    steering" best skips make it shorter). ``starts_on_one``: the default steers one of the
+    stored layers (a profile built for calibration), so the layer stage has one fewer to try."""
     rag = 0 if rag_fixed else 2
-    layers = n_layers if n_layers >= 2 else 0
+    layers = n_layers - int(starts_on_one) if n_layers >= 2 else 0
     return 2 + rag + len(STRENGTH_STEPS) + layers + len(PROMPT_STRENGTHS) + len(KS)
 
 
@@ -202,11 +207,15 @@ class Calibration:
         }
 
 
+def stored_layers_of(profile: Profile) -> list[int]:
+    return [int(x) for x in profile.layers]
+
+
 def starting_layer(profile: Profile) -> int | None:
     """For a profile that stores the candidate layers (built for calibration), the one layer
     steered before calibration has chosen; None for any other profile (one layer, or layers
     chosen by hand: the chat steers all of them)."""
-    stored, n_layer = [int(x) for x in profile.layers], profile.model.n_layer
+    stored, n_layer = stored_layers_of(profile), profile.model.n_layer
     if len(stored) < 2 or stored != candidate_layers(n_layer):
         return None
     return preferred_layer(stored, n_layer)
@@ -219,7 +228,7 @@ def provisional(profile: Profile) -> dict[str, Any] | None:
     layer = starting_layer(profile)
     if layer is None:
         return None
-    stored = [int(x) for x in profile.layers]
+    stored = stored_layers_of(profile)
     return {
         "version": CALIBRATION_VERSION,
         "changes": {"layers": [layer]},
@@ -248,6 +257,14 @@ def stored_changes(calibration: dict[str, Any] | None, source: str) -> dict[str,
     if changes.get("layers") is not None:
         changes["layers"] = tuple(int(x) for x in changes["layers"])
     return changes
+
+
+def setting_key(config: EngineConfig) -> tuple[Any, ...]:
+    """What makes two settings the same for calibration: the values of the knobs it chooses."""
+    return tuple(
+        tuple(int(x) for x in v) if k == "layers" and v is not None else v
+        for k, v in ((k, getattr(config, k)) for k in CALIBRATED)
+    )
 
 
 def label(config: EngineConfig) -> str:
@@ -293,12 +310,19 @@ class Calibrator:
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
-        self._scored: dict[str, Tried] = {}
-        self.most = most_settings(len(self.profile.layers), rag_fixed="rag" in self.fixed)
+        self._scored: dict[tuple[Any, ...], Tried] = {}
+        start_layers = self.fixed.get("layers") or self.base.layers
+        self.most = most_settings(
+            len(self.profile.layers),
+            rag_fixed="rag" in self.fixed,
+            starts_on_one=start_layers is not None
+            and len(start_layers) == 1
+            and int(start_layers[0]) in stored_layers_of(self.profile),
+        )
 
     def run(self) -> Calibration:
         t0 = time.perf_counter()
-        base, stored_layers = self.base, [int(x) for x in self.profile.layers]
+        base, stored_layers = self.base, stored_layers_of(self.profile)
         default = self.measure(dict(self.fixed))
         unsteered = self.measure({"strength": 0.0, "rag": 0} | self.fixed)
         best = unsteered if beats(unsteered, default) else default
@@ -359,9 +383,10 @@ class Calibrator:
         return (rag, strength, layer, prompt, k)
 
     def measure(self, changes: dict[str, Any]) -> Tried:
-        """Answer every held-out item under ``base + changes`` (cached by setting)."""
+        """Answer every held-out item under ``base + changes``, once per setting: changes that
+        name what the base already holds (its layer, say) are the same setting, not a new one."""
         config = replace(self.base, **changes)
-        key = repr(sorted(changes.items()))
+        key = setting_key(config)
         if key in self._scored:
             return self._scored[key]
         engine, profile = self.engine, self.profile
