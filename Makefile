@@ -97,7 +97,7 @@ figures:
 # an AVX2 AMD EPYC; MODEL=qwen0.5b 110 min there, MODEL=gemma270m 63 min, MODEL=qwen1.5b 87 min
 # with EVAL_ARGS adding `--commit-users 2` (2 of the 6 authors), steerability and
 # widening points included; their calibrations had a 60 s budget, and calibration now measures
-# every setting, up to 13 per user and row). MODEL=path.gguf evaluates another GGUF;
+# every setting, up to 12 per user and row). MODEL=path.gguf evaluates another GGUF;
 # MODEL=qwen0.5b (or another name from `python -m fints_edge.zoo list`) installs it first.
 EVAL_ARGS ?=
 eval: setup
