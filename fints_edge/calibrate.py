@@ -311,18 +311,17 @@ class Calibrator:
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
         self._scored: dict[tuple[Any, ...], Tried] = {}
-        start_layers = self.fixed.get("layers") or self.base.layers
+        self.stored_layers = stored_layers_of(self.profile)
+        first = self.fixed.get("layers") or self.base.layers or ()
         self.most = most_settings(
-            len(self.profile.layers),
+            len(self.stored_layers),
             rag_fixed="rag" in self.fixed,
-            starts_on_one=start_layers is not None
-            and len(start_layers) == 1
-            and int(start_layers[0]) in stored_layers_of(self.profile),
+            starts_on_one=len(first) == 1 and int(first[0]) in self.stored_layers,
         )
 
     def run(self) -> Calibration:
         t0 = time.perf_counter()
-        base, stored_layers = self.base, stored_layers_of(self.profile)
+        base, stored_layers = self.base, self.stored_layers
         default = self.measure(dict(self.fixed))
         unsteered = self.measure({"strength": 0.0, "rag": 0} | self.fixed)
         best = unsteered if beats(unsteered, default) else default
