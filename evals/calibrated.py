@@ -76,10 +76,10 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
     from ``base`` (the model's product default), ``rag`` fixed; cached per user, method and
     starting point like the answers (user names are unique across benchmarks)."""
     from fints_edge._atomic import write_text
-    from fints_edge.calibrate import SELECTION_RULE, Calibrator
+    from fints_edge.calibrate import GRID, SELECTION_RULE, Calibrator
 
-    # another start, rule or budget is another calibration
-    key = f"{base.label()}|{SELECTION_RULE}|{budget_text(DEFAULT_BUDGET_S)}"
+    # another start, rule, budget or grid is another calibration
+    key = f"{base.label()}|{SELECTION_RULE}|{budget_text(DEFAULT_BUDGET_S)}|{GRID}"
     start = hashlib.sha256(key.encode()).hexdigest()[:8]
     path = ev.cache.folder / f"calibration-{method}-{u.user}-{start}.json"
     if path.is_file():
@@ -96,6 +96,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
     opening = base.opening_strength / base.strength if base.strength else 0.0
     s = replace(base, strength=strength, opening_strength=strength * opening,
                 k=int(c.get("k", base.k)), layers=tuple(c.get("layers") or base.layers),
+                sites=tuple(c.get("sites") or base.sites),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
     return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
@@ -118,5 +119,7 @@ def calibrated_answers(ev: Evaluation, bench: str,
                 continue
             records.append({"method": method, "user": u.user, **record})
             preds += ev.answer(bench, [u], "test", method, s)
-    return preds, {"budget_s": DEFAULT_BUDGET_S, "from": start.label(),
+    from fints_edge.calibrate import GRID
+
+    return preds, {"budget_s": DEFAULT_BUDGET_S, "from": start.label(), "grid": GRID,
                    "rule": calibration_rule(), "users": records}  # fmt: skip

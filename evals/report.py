@@ -214,7 +214,8 @@ def calibration_lines(cal: dict | None, who: str) -> list[str]:
     if not cal:
         return []
     lines = ["", f"Per-{who} calibration (fints_edge.calibrate on each {who}'s history only, "
-             f"from `{cal['from']}`, {budget_text(cal['budget_s'])}; "
+             f"from `{cal['from']}`, {budget_text(cal['budget_s'])}"
+             f"{'' if 'grid' not in cal else ' (' + cal['grid'] + ')'}; "
              f"{cal.get('rule', 'a setting replaces the best so far when it scores higher')}"
              "; held-out score = mean of ROUGE-L and habits kept):", ""]  # fmt: skip
     for c in cal["users"]:

@@ -17,8 +17,8 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   It cannot mend a held-out sample that disagrees with the user's later writing: for one Qwen
   author "no steering" led by 0.15 (> 1 SE) on 6 held-out items while steering gained 0.09
   ROUGE-L on their 12 test commits.
-- The search goes by stages (retrieved examples in the prompt, strength, layer, prompt strength,
-  K), each starting from the best so far. By default it measures every setting the stages name
+- The search goes by stages (retrieved examples in the prompt, sites, strength, layer, prompt
+  strength, K), each starting from the best so far. By default it measures every setting the stages name
   (at most :data:`MOST_SETTINGS`): with a 60 s budget the choice followed the machine and the
   model's size (SmolLM2 tried 9-11 settings per commit author, Qwen2.5-Coder-1.5B 2-4, and every
   1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
@@ -27,6 +27,10 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   every setting steers one of them, starting from the one nearest the default depth, and the
   stored choice always names its layer (steering all of them at once is not a candidate). A
   profile whose layers were chosen otherwise starts from all of them, as the chat steers it.
+- Such a profile also stores both sites (attention and MLP), and starts from the default site
+  alone: on Qwen-0.5B's conditional personas the dev sweep's best setting steered both sites, and
+  a calibration that could not choose sites could not reach it (0.06 against 0.38 fluent
+  adherence, session 14).
 """
 
 from __future__ import annotations
@@ -43,7 +47,15 @@ from fints_edge.agreement import answer_score, first_line, rouge_l
 from fints_edge.config import CALIBRATED, EngineConfig
 from fints_edge.errors import FintsEdgeError
 from fints_edge.fade import PHRASE_FLOOR, REPETITION_FLOOR, phrase_count, repetition
-from fints_edge.layers import CANDIDATE_LAYER_FRACTIONS, candidate_layers, preferred_layer
+from fints_edge.layers import (
+    CANDIDATE_LAYER_FRACTIONS,
+    DEFAULT_SITES,
+    SITES,
+    Site,
+    candidate_layers,
+    parse_sites,
+    preferred_layer,
+)
 
 if TYPE_CHECKING:
     from fints_edge.engine import Engine
@@ -63,20 +75,39 @@ KS = (1, 8)
 # rule, not tuned on any benchmark). Part of a cached calibration's identity in the evaluation.
 MARGIN_SE = 1.0
 SELECTION_RULE = f"paired, {MARGIN_SE:g} SE"
+# The settings the stages name, in words: part of a cached calibration's identity in the
+# evaluation (another grid is another calibration) and of the stored record.
+GRID = (
+    f"rag 0/1, sites (each, all), strength x{'/'.join(f'{f:g}' for f in STRENGTH_STEPS)}, "
+    f"stored layers, prompt strength {'/'.join(f'{p:g}' for p in PROMPT_STRENGTHS)}, "
+    f"K {'/'.join(map(str, KS))}"
+)
 
 
 def most_settings(
     n_layers: int = len(CANDIDATE_LAYER_FRACTIONS),
     rag_fixed: bool = False,
     starts_on_one: bool = True,
+    n_sites: int = len(SITES),
 ) -> int:
-    """The most settings one calibration measures on a profile storing ``n_layers`` layers: the
-    default, no steering, and every stage's new settings (a progress bar's length; stages a "no
-    steering" best skips make it shorter). ``starts_on_one``: the default steers one of the
-    stored layers (a profile built for calibration), so the layer stage has one fewer to try."""
+    """The most settings one calibration measures on a profile storing ``n_layers`` layers and
+    ``n_sites`` sites: the default, no steering, and every stage's new settings (a progress
+    bar's length; stages a "no steering" best skips make it shorter). ``starts_on_one``: the
+    default steers one of the stored layers (a profile built for calibration), so the layer
+    stage has one fewer to try."""
     rag = 0 if rag_fixed else 2
     layers = n_layers - int(starts_on_one) if n_layers >= 2 else 0
-    return 2 + rag + len(STRENGTH_STEPS) + layers + len(PROMPT_STRENGTHS) + len(KS)
+    sites = n_sites if n_sites >= 2 else 0  # each site alone and all, less the start
+    return 2 + rag + sites + len(STRENGTH_STEPS) + layers + len(PROMPT_STRENGTHS) + len(KS)
+
+
+def site_choices(stored: Sequence[Site]) -> list[tuple[Site, ...]]:
+    """The sites stage's settings on a profile storing ``stored``: each site alone, then all
+    (none when it stores one)."""
+    stored = tuple(stored)
+    if len(stored) < 2:
+        return []
+    return [(s,) for s in stored] + [stored]
 
 
 MOST_SETTINGS = most_settings()  # on a profile built for calibration (its candidate layers)
@@ -179,6 +210,7 @@ class Calibration:
     tried: list[Tried] = field(default_factory=list)
     budget_hit: bool = False
     rule: str = SELECTION_RULE
+    grid: str = GRID
 
     def summary(self) -> str:
         return (
@@ -203,6 +235,7 @@ class Calibration:
             "seconds": self.seconds,
             "tried": [asdict(t) for t in self.tried],
             "rule": self.rule,
+            "grid": self.grid,
             "summary": self.summary(),
         }
 
@@ -221,19 +254,37 @@ def starting_layer(profile: Profile) -> int | None:
     return preferred_layer(stored, n_layer)
 
 
+def starting_sites(profile: Profile) -> tuple[Site, ...] | None:
+    """For a profile built for calibration that stores more sites than the default, the
+    default sites (steered before calibration has chosen); None for any other profile (the
+    chat steers all its sites)."""
+    default = parse_sites(DEFAULT_SITES)
+    stored = tuple(profile.sites)
+    if starting_layer(profile) is None or stored == default or not set(default) <= set(stored):
+        return None
+    return default
+
+
 def provisional(profile: Profile) -> dict[str, Any] | None:
     """What a profile built for calibration stores until calibration has run: its starting
-    layer alone (an interrupted calibration never leaves it steering every candidate layer at
-    once); None for a profile that needs nothing (see :func:`starting_layer`)."""
+    layer alone, on the default sites (an interrupted calibration never leaves it steering
+    every candidate layer or site at once); None for a profile that needs nothing (see
+    :func:`starting_layer`)."""
     layer = starting_layer(profile)
     if layer is None:
         return None
     stored = stored_layers_of(profile)
+    changes: dict[str, Any] = {"layers": [layer]}
+    sites = starting_sites(profile)
+    if sites is not None:
+        changes["sites"] = list(sites)
+    where = f"layer {layer} of the stored {stored}"
+    if sites is not None:
+        where += f", sites {'+'.join(sites)} of the stored {'+'.join(profile.sites)}"
     return {
         "version": CALIBRATION_VERSION,
-        "changes": {"layers": [layer]},
-        "label": f"layer {layer} of the stored {stored}, the defaults otherwise "
-        "(not calibrated yet)",
+        "changes": changes,
+        "label": f"{where}, the defaults otherwise (not calibrated yet)",
         "provisional": True,
     }
 
@@ -256,14 +307,16 @@ def stored_changes(calibration: dict[str, Any] | None, source: str) -> dict[str,
         raise FintsEdgeError(f"{source}: calibration changes unknown knobs {sorted(unknown)}")
     if changes.get("layers") is not None:
         changes["layers"] = tuple(int(x) for x in changes["layers"])
+    if changes.get("sites") is not None:
+        changes["sites"] = tuple(str(x) for x in changes["sites"])
     return changes
 
 
 def setting_key(config: EngineConfig) -> tuple[Any, ...]:
     """What makes two settings the same for calibration: the values of the knobs it chooses."""
     return tuple(
-        tuple(int(x) for x in v) if k == "layers" and v is not None else v
-        for k, v in ((k, getattr(config, k)) for k in CALIBRATED)
+        tuple(v) if isinstance(v, list | np.ndarray) else v
+        for v in (getattr(config, k) for k in CALIBRATED)
     )
 
 
@@ -271,9 +324,10 @@ def label(config: EngineConfig) -> str:
     if not config.strength:
         return "no steering" + (f", rag {config.rag}" if config.rag else "")
     layers = ",".join(map(str, config.layers)) if config.layers else "all stored"
+    sites = "+".join(config.sites) if config.sites else "all stored"
     return (
-        f"layer {layers}, strength {config.strength:g}, K {config.k}, rag {config.rag}, "
-        f"prompt strength {config.prompt_strength:g}"
+        f"layer {layers}, sites {sites}, strength {config.strength:g}, K {config.k}, "
+        f"rag {config.rag}, prompt strength {config.prompt_strength:g}"
     )
 
 
@@ -307,6 +361,9 @@ class Calibrator:
         if self.base.layers is None and start is not None:
             # built for calibration: one candidate layer per setting, always named
             self.fixed["layers"] = (start,)
+        sites = starting_sites(self.profile)
+        if self.base.sites is None and sites is not None:
+            self.fixed["sites"] = sites  # and the default sites until the sites stage
         self.max_tokens = answer_tokens(engine, self.profile.outputs[self.items])
         # what each held-out item may retrieve: the items older than it (computed once)
         self.allowed = {int(i): older_than(self.profile, int(i)) for i in self.items}
@@ -317,6 +374,7 @@ class Calibrator:
             len(self.stored_layers),
             rag_fixed="rag" in self.fixed,
             starts_on_one=len(first) == 1 and int(first[0]) in self.stored_layers,
+            n_sites=len(self.profile.sites),
         )
 
     def run(self) -> Calibration:
@@ -360,6 +418,16 @@ class Calibrator:
             # explicit strengths: merged into an unsteered best, {"rag": 1} would stay unsteered
             return [{"rag": 1, "strength": 0.0}, {"rag": 1, "strength": base.strength}]
 
+        def sites(best: Tried) -> list[dict[str, Any]]:
+            # explicit strength, as the rag stage's: from an unsteered best, steer at the default
+            s = best.changes.get("strength", base.strength) or base.strength
+            current = best.changes.get("sites", base.sites) or tuple(self.profile.sites)
+            return [
+                {"sites": x, "strength": s}
+                for x in site_choices(self.profile.sites)
+                if x != tuple(current)
+            ]
+
         def strength(best: Tried) -> list[dict[str, Any]]:
             s = best.changes.get("strength", base.strength) or base.strength
             return [{"strength": s * f} for f in STRENGTH_STEPS]
@@ -379,7 +447,7 @@ class Calibrator:
                 return []
             return [{"k": x} for x in KS if x != base.k]
 
-        return (rag, strength, layer, prompt, k)
+        return (rag, sites, strength, layer, prompt, k)
 
     def measure(self, changes: dict[str, Any]) -> Tried:
         """Answer every held-out item under ``base + changes``, once per setting: changes that

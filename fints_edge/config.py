@@ -324,7 +324,7 @@ def _gate(text: str) -> tuple[float, float]:
 REQUEST_KNOBS: tuple[str, ...] = tuple(n for n, (k, _) in knobs().items() if k.request)
 # What per-user calibration (fints_edge.calibrate) may choose and a profile may store; a reply
 # reports these and the request knobs as the setting it was written under.
-CALIBRATED: tuple[str, ...] = ("strength", "layers", "k", "rag", "prompt_strength")
+CALIBRATED: tuple[str, ...] = ("strength", "layers", "sites", "k", "rag", "prompt_strength")
 SETTING_KNOBS: tuple[str, ...] = tuple(dict.fromkeys((*REQUEST_KNOBS, *CALIBRATED)))
 
 

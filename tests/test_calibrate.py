@@ -250,6 +250,49 @@ def test_a_setting_named_two_ways_is_measured_once(
     assert len(lines) == len(got.tried) <= calibrator.most, lines
 
 
+def with_both_sites(p: Profile) -> Profile:
+    """``p`` on the candidate layers [2, 3], storing an MLP site whose signals point away from
+    the attention site's (the tiny model writes something else when steered there)."""
+
+    def both(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.concatenate([a, -a[:, :, ::-1]], axis=1)
+
+    return replace(p, layers=np.array([2, 3], dtype=p.layers.dtype), sites=("attn", "mlp"),
+                   signals=both(p.signals), opening=both(p.opening))  # fmt: skip
+
+
+def test_on_a_profile_storing_both_sites_calibration_starts_on_the_default_and_can_choose_mlp(
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path
+):
+    """A profile built for calibration stores both sites and starts on the default site alone
+    (attention). A user who writes what steering the MLP site alone writes gets that site:
+    without a sites stage, calibration could not reach it (Qwen-0.5B's conditional personas:
+    0.06 against 0.38 for the dev sweep's setting on both sites)."""
+    import fints_edge.calibrate as calibrate
+
+    path = with_both_sites(Profile.load(profile_path)).save(tmp_path / "both.npz")
+    p = Profile.load(path)
+    with engine_for(tiny, path, onnx_encoder_dir, onnx_aggregator_path, layers=(3,),
+                    sites=("mlp",)) as engine:  # fmt: skip
+        outputs = p.outputs.copy()
+        for i in held_out(p):
+            text = str(p.inputs[i])
+            plan = engine.planner.plan(text, engine.config, older_than(p, int(i)))
+            outputs[i] = engine.reply(text, plan=plan).text
+    path = replace(p, outputs=outputs).save(tmp_path / "mlp-writer.npz")
+    assert calibrate.provisional(Profile.load(path))["changes"] == {
+        "layers": [3], "sites": ["attn"]}  # fmt: skip
+    with engine_for(tiny, path, onnx_encoder_dir, onnx_aggregator_path) as engine:
+        calibrator = Calibrator(engine, guard=not_empty)
+        got = calibrator.run()
+    assert calibrator.most == calibrate.most_settings(2, n_sites=2) == 13  # 2 layers here
+    assert got.tried[0].changes == {"layers": (3,), "sites": ("attn",)}  # the default
+    assert {("mlp",), ("attn", "mlp")} <= {t.changes.get("sites") for t in got.tried}
+    assert got.changes["sites"] == ("mlp",), got.summary()
+    assert "sites mlp" in got.label and got.to_json()["grid"] == calibrate.GRID
+    assert stored_changes(got.to_json(), "me.npz")["sites"] == ("mlp",)
+
+
 def test_learn_history_calibrate_builds_candidate_layers_and_never_leaves_all_of_them_steered(
     tiny, onnx_encoder_dir, onnx_aggregator_path, tmp_path, monkeypatch, capsys
 ):
@@ -276,11 +319,13 @@ def test_learn_history_calibrate_builds_candidate_layers_and_never_leaves_all_of
     assert learn_main([*args, "--out", str(tmp_path / "cut.npz")]) == 130
     cut = Profile.load(tmp_path / "cut.npz")
     assert cut.layers.tolist() == candidate_layers(4) == [2, 3]
+    assert cut.sites == ("attn", "mlp")  # both, for calibration to choose among
     assert cut.calibration is not None and cut.calibration["provisional"]
     base, label = calibrated_base(str(tmp_path / "cut.npz"))
     cut_path = tmp_path / "cut.npz"
-    assert base.layers == (3,)
-    assert label.startswith(f"{cut_path}'s stored setting: layer 3 of the stored [2, 3]")
+    assert base.layers == (3,) and base.sites == ("attn",)
+    assert label.startswith(f"{cut_path}'s stored setting: layer 3 of the stored [2, 3], "
+                            "sites attn of the stored attn+mlp")  # fmt: skip
     assert label.endswith(f"--calibrate {tmp_path / 'cut.npz'} chooses yours")
     monkeypatch.undo()
     capsys.readouterr()

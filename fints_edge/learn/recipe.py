@@ -18,6 +18,7 @@ from fints_edge.layers import (
     ATTN_READINGS,
     DEFAULT_SITES,
     SITE_CHOICES,
+    SITES,
     AttnReading,
     Site,
     candidate_layers,
@@ -35,19 +36,25 @@ class Recipe:
     Example: ``Recipe(layers=(1, 2))`` (everything else as the CLI's defaults)."""
 
     layers: tuple[int, ...] | None = None  # HF 0-based decoder indices; None = ~2/3 of the depth
-    sites: tuple[Site, ...] = parse_sites(DEFAULT_SITES)  # the attention site alone
+    # () = the attention site alone, or both sites for calibration to choose among
+    sites: tuple[Site, ...] = ()
     attn_reading: AttnReading = "output"  # the attention block's output (the paper's reading)
     prompt_format: PromptFormat = "chat"  # a GGUF without a chat template is read "plain"
     # Answer positions the opening signals average over; 0 = store none (half the signal bytes).
     opening_tokens: int = DEFAULT_OPENING_TOKENS
-    # Without explicit layers, store the candidate layers calibration chooses among
-    # (layers.candidate_layers: three signals per item, not one) instead of the default alone.
+    # Without explicit layers (sites), store the candidate layers (both sites) calibration
+    # chooses among (layers.candidate_layers: six signals per item, not one) instead of the
+    # default alone.
     for_calibration: bool = False
 
     def __post_init__(self) -> None:
         layers = tuple(int(x) for x in self.layers) if self.layers else None  # [] = the default
         object.__setattr__(self, "layers", layers)
-        object.__setattr__(self, "sites", tuple(self.sites))
+        if not self.sites:
+            sites = SITES if self.for_calibration else parse_sites(DEFAULT_SITES)
+        else:
+            sites = tuple(self.sites)
+        object.__setattr__(self, "sites", sites)
         if self.attn_reading not in ATTN_READINGS:
             raise FintsEdgeError(f"attn_reading {self.attn_reading!r}: use one of {ATTN_READINGS}")
         if self.prompt_format not in PROMPT_FORMATS:
@@ -108,7 +115,10 @@ def add_recipe_arguments(group: argparse._ActionsContainer) -> None:
         "--calibrate, it and a neighbour on each side, for calibration to choose from)",
     )
     group.add_argument(
-        "--sites", choices=SITE_CHOICES, default=DEFAULT_SITES, help=f"default: {DEFAULT_SITES}"
+        "--sites",
+        choices=SITE_CHOICES,
+        help=f"default: {DEFAULT_SITES}; for fints_edge.learn --calibrate, both, for "
+        "calibration to choose from",
     )
     group.add_argument(
         "--attn-reading",
@@ -138,7 +148,7 @@ def recipe_from_args(args: argparse.Namespace, *, for_calibration: bool = False)
     return Recipe(
         for_calibration=for_calibration,
         layers=args.layers,
-        sites=parse_sites(args.sites),
+        sites=parse_sites(args.sites) if args.sites else (),
         attn_reading=args.attn_reading,
         prompt_format=args.prompt_format,
         opening_tokens=args.opening_tokens,
