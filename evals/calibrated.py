@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from evals.run import Setting, UserData
-from fints_edge.calibrate import DEFAULT_BUDGET_S, budget_text
+from fints_edge.calibrate import DEFAULT_BUDGET_S, GRID, budget_text
 from fints_edge.config import DEFAULTS
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import default_layer
@@ -76,7 +76,7 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
     from ``base`` (the model's product default), ``rag`` fixed; cached per user, method and
     starting point like the answers (user names are unique across benchmarks)."""
     from fints_edge._atomic import write_text
-    from fints_edge.calibrate import GRID, SELECTION_RULE, Calibrator
+    from fints_edge.calibrate import SELECTION_RULE, Calibrator
 
     # another start, rule, budget or grid is another calibration
     key = f"{base.label()}|{SELECTION_RULE}|{budget_text(DEFAULT_BUDGET_S)}|{GRID}"
@@ -119,7 +119,5 @@ def calibrated_answers(ev: Evaluation, bench: str,
                 continue
             records.append({"method": method, "user": u.user, **record})
             preds += ev.answer(bench, [u], "test", method, s)
-    from fints_edge.calibrate import GRID
-
     return preds, {"budget_s": DEFAULT_BUDGET_S, "from": start.label(), "grid": GRID,
                    "rule": calibration_rule(), "users": records}  # fmt: skip

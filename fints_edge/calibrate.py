@@ -18,19 +18,18 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   author "no steering" led by 0.15 (> 1 SE) on 6 held-out items while steering gained 0.09
   ROUGE-L on their 12 test commits.
 - The search goes by stages (retrieved examples in the prompt, sites, strength, layer, prompt
-  strength, K), each starting from the best so far. By default it measures every setting the stages name
-  (at most :data:`MOST_SETTINGS`): with a 60 s budget the choice followed the machine and the
-  model's size (SmolLM2 tried 9-11 settings per commit author, Qwen2.5-Coder-1.5B 2-4, and every
-  1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
+  strength, K: :data:`GRID`), each starting from the best so far. By default it measures every
+  setting the stages name (at most :data:`MOST_SETTINGS`): with a 60 s budget the choice
+  followed the machine and the model's size (SmolLM2 tried 9-11 settings per commit author,
+  Qwen2.5-Coder-1.5B 2-4, and every 1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
   user's cap for a slow device.
 - A profile built for calibration stores a few candidate layers (``layers.candidate_layers``);
   every setting steers one of them, starting from the one nearest the default depth, and the
   stored choice always names its layer (steering all of them at once is not a candidate). A
   profile whose layers were chosen otherwise starts from all of them, as the chat steers it.
-- Such a profile also stores both sites (attention and MLP), and starts from the default site
-  alone: on Qwen-0.5B's conditional personas the dev sweep's best setting steered both sites, and
-  a calibration that could not choose sites could not reach it (0.06 against 0.38 fluent
-  adherence, session 14).
+- Such a profile also stores both sites (attention and MLP) and starts from the default site
+  alone: the issue's grid names sites, and on Qwen-0.5B's conditional personas the dev sweep's
+  best setting steered both (docs/eval), which a calibration without a sites stage cannot reach.
 """
 
 from __future__ import annotations
