@@ -21,8 +21,8 @@ and the writing habits), never one whose answers loop (fints_edge.fade's signals
   strength, K: :data:`GRID`), each starting from the best so far. By default it measures every
   setting the stages name (at most :data:`MOST_SETTINGS`): with a 60 s budget the choice
   followed the machine and the model's size (SmolLM2 tried 9-11 settings per commit author,
-  Qwen2.5-Coder-1.5B 2-4, and every 1.5B author kept the default or no steering). A time budget (``budget_s``, ``--budget``) is the
-  user's cap for a slow device.
+  Qwen2.5-Coder-1.5B 2-4, and every 1.5B author kept the default or no steering). A time
+  budget (``budget_s``, ``--budget``) is the user's cap for a slow device.
 - A profile built for calibration stores a few candidate layers (``layers.candidate_layers``);
   every setting steers one of them, starting from the one nearest the default depth, and the
   stored choice always names its layer (steering all of them at once is not a candidate). A
@@ -274,11 +274,10 @@ def provisional(profile: Profile) -> dict[str, Any] | None:
         return None
     stored = stored_layers_of(profile)
     changes: dict[str, Any] = {"layers": [layer]}
+    where = f"layer {layer} of the stored {stored}"
     sites = starting_sites(profile)
     if sites is not None:
         changes["sites"] = list(sites)
-    where = f"layer {layer} of the stored {stored}"
-    if sites is not None:
         where += f", sites {'+'.join(sites)} of the stored {'+'.join(profile.sites)}"
     return {
         "version": CALIBRATION_VERSION,
