@@ -129,6 +129,7 @@ def render_readme(r: dict) -> str:
             "a hybrid mode (the MLP site through the control vector) has nothing left to save, "
             "so it was not built.",
         ]
+    lines += render_formats(r)
     lines += [
         "",
         "## Per-request steering set-up (ms; 1 thread, the `_t2` row: a 2-thread encoder)",
@@ -276,6 +277,14 @@ def render_readme(r: dict) -> str:
             "answers decoded with the callback, and a second, sampled negative for items whose "
             "first one resembles the output (the ROUGE-L filter)."
         )
+        if "formats" in r:
+            fastest = min(_format_rows(r["formats"]), key=lambda fr: fr[1]["floor_s"])
+            lines.append(
+                f"  The shipped file's format sets most of that: its weights written as {fastest[0]} "
+                f'run the prompt at {fastest[1]["prompt_tps"]:.0f} tok/s (see "Speed by file '
+                f'format"). Even then the prompt and the negative alone take '
+                f"{fastest[1]['floor_s']:.2f} s, so 1 s per item also needs a shorter negative."
+            )
     explained = ("setup_ms_1k", "edge_vs_torch_decode_speedup", "exact_decode_ratio", "ttft_ratio",
                  "learn_commit_item_s")  # fmt: skip
     for k in missed:
@@ -286,6 +295,37 @@ def render_readme(r: dict) -> str:
     if not missed:
         lines.append("None.")
     return "\n".join(lines) + "\n"
+
+
+def _format_rows(f: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(format, its figures) for each format the bench measured, the shipped one first."""
+    return [(k, v) for k, v in f.items() if isinstance(v, dict)]
+
+
+def render_formats(r: dict[str, Any]) -> list[str]:
+    """The "Speed by file format" section (bench/speed.py), or nothing for older results."""
+    if "formats" not in r:
+        return []
+    f = r["formats"]
+    lines = [
+        "",
+        f"## Speed by file format ({f['threads']} thread, a {f['prompt_tokens']}-token prompt)",
+        "",
+        f"The default model's weights as shipped ({f['shipped']}) and written by llama.cpp's "
+        "quantizer in other formats (bench/speed.py; not shipped, not used by the runtime; Q4_0 "
+        "quantizes the weights a second time). `floor` is that prompt plus a 48-token negative: "
+        "what learning one commit item costs before any signal is read.",
+        "",
+        "| format | MB | prompt tok/s | decode tok/s | floor s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, x in _format_rows(f):
+        shipped = " (shipped)" if name == f["shipped"] else ""
+        lines.append(
+            f"| {name}{shipped} | {x['megabytes']:.0f} | {x['prompt_tps']:.0f} | "
+            f"{x['decode_tps']:.0f} | {x['floor_s']:.2f} |"
+        )
+    return lines
 
 
 def render_serve(r: dict[str, Any]) -> list[str]:

@@ -25,16 +25,17 @@ import numpy as np
 from bench._common import grown, headline, median
 from bench.render import render_readme
 from bench.serve import serve_bench, server_peak_rss_mb
+from bench.speed import N_GEN, format_speed_bench, speed
 from evals.machine import machine_info
 
 HERE = Path(__file__).parent
-N_GEN = 128
 RSS_ITEMS = 1000  # the phone budget's profile size (peak RSS of the chat and of the server)
 # Threads per figure (speed_tN and setup_*_tN name theirs), passed to each measurement below
 # and recorded in results.json as machine.threads, beside the CPU.
 THREADS = {"setup": 1, "setup_1000_t2": 2, "torch_decode_tps_t1": 1, "ttft": 1,
            "chat_peak_rss_mb": 1, "server_peak_rss_mb": 1, "model_load_ms": 1,
-           "build_items_per_s_torch": 2, "learn": 2, "learn_commit": 1, "calibrate": 2,
+           "build_items_per_s_torch": 2, "learn": 2, "learn_commit": 1, "formats": 1,
+           "calibrate": 2,
            "serve": 1}  # fmt: skip
 COMMITS = HERE.parent / "evals" / "data" / "commits" / "commits.jsonl"  # real inputs, ~180 tokens
 LONG_INPUT = (150, 220)  # prompt tokens of the items learn_commit_item_s times
@@ -48,16 +49,6 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 # -- llama.cpp decode / prompt speed ---------------------------------------------------------------
-def _speed(llm, prompt: list[int]) -> tuple[float, float]:
-    """(prompt tok/s, decode tok/s): the prompt in one batch, then N_GEN greedy tokens one by one."""
-    llm.reset()
-    t_prompt = _timed(lambda: llm.eval(prompt))
-    t0 = time.perf_counter()
-    for _ in range(N_GEN):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
-    return len(prompt) / t_prompt, N_GEN / (time.perf_counter() - t0)
-
-
 def decode_bench(
     model: Path, plan_vectors: np.ndarray, sites, layers, prompt_text: str, threads: int, reps: int
 ) -> dict:
@@ -86,24 +77,24 @@ def decode_bench(
         "callback_pause": [],
     }
     try:
-        _speed(plain, prompt), _speed(cb_llm, prompt), _speed(py_llm, prompt)  # warm-up
+        speed(plain, prompt), speed(cb_llm, prompt), speed(py_llm, prompt)  # warm-up
         for _ in range(reps):
-            runs["unsteered"].append(_speed(plain, prompt))
+            runs["unsteered"].append(speed(plain, prompt))
             cvec.set(plan_vectors, sites, layers)
-            runs["cvec"].append(_speed(plain, prompt))
+            runs["cvec"].append(speed(plain, prompt))
             cvec.clear()
-            runs["callback_idle"].append(_speed(cb_llm, prompt))
+            runs["callback_idle"].append(speed(cb_llm, prompt))
             exact.set(plan_vectors, sites, layers)
-            runs["exact"].append(_speed(cb_llm, prompt))
+            runs["exact"].append(speed(cb_llm, prompt))
             exact._add_main = lambda *_: None  # type: ignore[method-assign]
-            runs["callback_pause"].append(_speed(cb_llm, prompt))
+            runs["callback_pause"].append(speed(cb_llm, prompt))
             del exact._add_main  # the class's method again
             exact.clear()
             py_exact.set(plan_vectors, sites, layers)
-            runs["exact_python"].append(_speed(py_llm, prompt))
+            runs["exact_python"].append(speed(py_llm, prompt))
             py_exact.clear()
             exact.set(both, ("attn", "mlp"), layers)
-            runs["exact_both"].append(_speed(cb_llm, prompt))
+            runs["exact_both"].append(speed(cb_llm, prompt))
             exact.clear()
     finally:
         plain.close()
@@ -591,6 +582,15 @@ def run(reps: int, sizes: Sequence[int]) -> dict:
     print("on-device learning of ~180-token commit items, then calibration...", file=sys.stderr)
     results["learn_commit"] = learn_commit_bench(model, threads=THREADS["learn_commit"])
     results["learn_commit_item_s"] = results["learn_commit"]["learn_commit_item_s"]
+    print("the same weights in other formats: prompt and decode speed...", file=sys.stderr)
+    results["formats"] = format_speed_bench(
+        model,
+        shipped=model.stem.rsplit(".", 1)[-1] if "." in model.stem else "shipped",
+        prompt_text=_commit_history()[0]["input"],
+        prompt_tokens=round(results["learn_commit"]["prompt_tokens_median"]),
+        reps=max(3, reps // 2),
+        threads=THREADS["formats"],
+    )
     results["calibrate"] = calibrate_bench(model, threads=THREADS["calibrate"])
     results["calibrate_s_30"] = results["calibrate"]["calibrate_s"]
     print("local server: overhead over the engine, 4 users at once...", file=sys.stderr)

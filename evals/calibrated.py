@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from evals.run import Setting, UserData
-from fints_edge.calibrate import DEFAULT_BUDGET_S, GRID, budget_text
+from fints_edge.calibrate import DEFAULT_BUDGET_S, GRID, budget_text, resolution
 from fints_edge.config import DEFAULTS
 from fints_edge.errors import FintsEdgeError
 from fints_edge.layers import default_layer
@@ -99,7 +100,12 @@ def calibrated(ev: Evaluation, u: UserData, method: str, rag: int,
                 sites=tuple(c.get("sites") or base.sites),
                 prompt_strength=float(c.get("prompt_strength", base.prompt_strength)))  # fmt: skip
     keep = ("label", "changes", "score", "unsteered_score", "default_score", "seconds")
-    return s, {k: got[k] for k in keep} | {"tried": len(got["tried"])}
+    # computed here, not read from the file: calibrations cached before it have none
+    noise = resolution([t["scores"] for t in got["tried"]])
+    return s, {k: got[k] for k in keep} | {
+        "tried": len(got["tried"]),
+        "resolution": None if math.isnan(noise) else noise,
+    }
 
 
 def calibrated_answers(ev: Evaluation, bench: str,

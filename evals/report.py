@@ -8,6 +8,7 @@ model's run). Models are named by file name and sha256, never by a path of the m
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,19 @@ def calibration_lines(cal: dict | None, who: str) -> list[str]:
             if c.get("error")
             else f"- {c['method']} {c['user']}: **{c['label']}** (held-out {c['score']:.3f} vs "
             f"{c['unsteered_score']:.3f} unsteered, {c['default_score']:.3f} default; "
-            f"{c['tried']} settings in {c['seconds']:.0f} s)"
+            f"{c['tried']} settings in {c['seconds']:.0f} s"
+            + (f"; 1 SE {c['resolution']:.3f}" if c.get("resolution") is not None else "")
+            + ")"
         )
+    noise = sorted(c["resolution"] for c in cal["users"] if c.get("resolution") is not None)
+    if noise:
+        lines += ["", f"How finely the held-out items tell settings apart (`calibrate.resolution`: "
+                  "one standard error of a setting's paired per-item difference from the default, "
+                  f"median over its other settings): {statistics.median(noise):.3f} for the median "
+                  f"{who} (range {noise[0]:.3f}-{noise[-1]:.3f}). Under the 1 SE rule a setting "
+                  "truly better by less than that wins its comparison less than half the time, "
+                  "and one no better wins about one comparison in six (normal "
+                  "approximation)."]  # fmt: skip
     return lines
 
 

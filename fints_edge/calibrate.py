@@ -193,6 +193,21 @@ def beats(challenger: Tried, best: Tried, margin_se: float = MARGIN_SE) -> bool:
     return float(d.mean()) > max(0.0, margin_se * se)
 
 
+def resolution(scores: Sequence[Sequence[float]]) -> float:
+    """The smallest held-out difference from the first setting (the default) that one standard
+    error allows here: the median, over the other settings that changed some item's score, of
+    the standard error of their paired per-item differences from it (nan when there is none,
+    or fewer than two items). Why: on 4-8 held-out items it is often larger than the
+    differences between settings on the user's later writing, and then the choice says little
+    (the summary says so)."""
+    first = np.asarray(scores[0], np.float64) if len(scores) else np.zeros(0)
+    if first.size < 2:
+        return math.nan
+    diffs = [np.asarray(s, np.float64) - first for s in scores[1:]]
+    ses = [float(d.std(ddof=1) / math.sqrt(d.size)) for d in diffs if d.any()]
+    return float(np.median(ses)) if ses else math.nan
+
+
 @dataclass
 class Calibration:
     """What calibration chose and how it measured it; stored in the profile as JSON."""
@@ -211,13 +226,25 @@ class Calibration:
     rule: str = SELECTION_RULE
     grid: str = GRID
 
+    @property
+    def resolution(self) -> float:
+        """See :func:`resolution` (of the settings tried, the default first)."""
+        return resolution([t.scores for t in self.tried])
+
     def summary(self) -> str:
+        r = self.resolution
         return (
             f"calibrated on {self.held_out} held-out items: {self.label}; score "
             f"{self.score:.2f} vs {self.unsteered_score:.2f} unsteered and "
             f"{self.default_score:.2f} at the default (ROUGE-L {self.rouge_l:.2f} vs "
             f"{self.unsteered_rouge_l:.2f} unsteered); {len(self.tried)} settings in "
-            f"{self.seconds:.0f} s" + (" (time budget reached)" if self.budget_hit else "")
+            f"{self.seconds:.0f} s"
+            + (" (time budget reached)" if self.budget_hit else "")
+            + (
+                ""
+                if math.isnan(r)
+                else f"; a difference under {r:.2f} is within one standard error on these items"
+            )
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -235,6 +262,7 @@ class Calibration:
             "tried": [asdict(t) for t in self.tried],
             "rule": self.rule,
             "grid": self.grid,
+            "resolution": None if math.isnan(self.resolution) else self.resolution,
             "summary": self.summary(),
         }
 

@@ -18,6 +18,7 @@ from fints_edge.calibrate import (
     fluent,
     held_out,
     older_than,
+    resolution,
     stored_changes,
     time_order,
 )
@@ -121,6 +122,19 @@ def test_a_challenger_must_beat_the_best_beyond_the_noise_of_the_held_out_items(
     assert not beats(default, default)  # a tie keeps the incumbent
 
 
+def test_the_resolution_is_the_median_standard_error_of_differences_from_the_default():
+    default = [0.2, 0.4, 0.6, 0.8]
+    shifted = [0.3, 0.5, 0.7, 0.9]  # +0.1 on every item: no noise, SE 0
+    two_items = [0.2, 0.6, 0.6, 1.0]  # differences 0, .2, 0, .2: SD 0.11547, SE 0.05774
+    one_item = [0.0, 0.4, 0.6, 0.8]  # differences -.2, 0, 0, 0: SD 0.1, SE 0.05
+    assert resolution([default, shifted, two_items, one_item]) == pytest.approx(0.05)
+    assert resolution([default, two_items]) == pytest.approx(0.2 / np.sqrt(3) / 2)
+    assert np.isnan(resolution([default])) and np.isnan(resolution([[0.1], [0.3]]))
+    # a setting that changed no item's score says nothing about the noise
+    assert resolution([default, default, one_item]) == pytest.approx(0.05)
+    assert np.isnan(resolution([default, default]))
+
+
 @settings(deadline=None)  # pure numpy; a loaded CI machine once took > 200 ms for one example
 @given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=8))
 def test_no_two_settings_beat_each_other(pairs):
@@ -161,6 +175,13 @@ def test_a_user_whose_outputs_steering_writes_keeps_steering_and_a_zero_shot_use
     assert picked["steered"].score > picked["steered"].unsteered_score
     assert picked["unsteered"].changes.get("strength") == 0.0, picked["unsteered"].summary()
     assert picked["unsteered"].score > picked["unsteered"].default_score
+    # the summary says how finely these items tell settings apart
+    for got in picked.values():
+        noise = got.resolution
+        assert noise > 0 and f"a difference under {noise:.2f} is within one standard" in (
+            got.summary()
+        )
+        assert got.to_json()["resolution"] == noise
     # once "no steering" leads, steering on top of the retrieved example is still measured
     tried = [t.changes for t in picked["unsteered"].tried]
     assert any({"strength": 40.0, "rag": 1}.items() <= t.items() for t in tried), tried
