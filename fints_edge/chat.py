@@ -23,7 +23,8 @@ HELP = """commands:
   /k N              how many history items to retrieve
   /rag N            how many retrieved items to show the model as earlier turns (0 = none)
   /opening X        opening-signal strength where the answer starts (0 = off; exact mode)
-  /why [TEXT]       the retrieved history items and their weights for TEXT (default: last input)
+  /why [TEXT]       the setting in use, and the retrieved history items and their weights for
+                    TEXT (default: last input)
   /compare [TEXT]   unsteered and steered answers side by side (default: last input)
   /want TEXT        TEXT is the answer you wanted for the last input: learn it now
   /good             the last answer was right for you: learn it now
@@ -199,7 +200,10 @@ def _cell(col: list[str], i: int, width: int) -> str:
 
 
 def _print_why(engine, text: str) -> None:
+    from fints_edge.calibrate import label
+
     plan = engine.plan(text)
+    print(f"setting: {label(engine.config)}")  # calibrated, the model's defaults or the flags
     print(
         f"gate {plan.gate:.2f}; retrieval {plan.timings_ms['encode'] + plan.timings_ms['retrieve']:.1f} ms"
     )

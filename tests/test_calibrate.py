@@ -3,6 +3,7 @@ retrieve, what it picks, how it is stored and used."""
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
 
@@ -359,7 +360,7 @@ def test_learn_history_calibrate_builds_candidate_layers_and_never_leaves_all_of
 
 
 def test_learn_calibrate_stores_it_and_the_chat_uses_it(
-    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path, capsys
+    tiny, profile_path, onnx_encoder_dir, onnx_aggregator_path, tmp_path, capsys, monkeypatch
 ):
     import shutil
 
@@ -395,6 +396,9 @@ def test_learn_calibrate_stores_it_and_the_chat_uses_it(
     assert json.loads(out)["setting"]["strength"] == base.strength
     assert chat_main([*common, "--strength", "0.5"]) == 0  # a flag overrides it
     assert json.loads(capsys.readouterr()[0])["setting"]["strength"] == 0.5
+    monkeypatch.setattr("sys.stdin", io.StringIO("/why a headline about the rain\n"))
+    assert chat_main(common[:-3]) == 0  # interactive: /why names the setting in use
+    assert f"setting: {stored['label']}\n" in capsys.readouterr()[0]
 
 
 def test_a_bad_stored_calibration_is_a_clear_error():
