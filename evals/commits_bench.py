@@ -24,6 +24,7 @@ from evals.scoring import summarize
 from fints_edge.agreement import STYLE, first_line, style_agreement
 from fints_edge.config import DEFAULTS
 from fints_edge.layers import candidate_layers
+from fints_edge.profile import Profile
 
 if TYPE_CHECKING:
     from evals.evaluate import Evaluation
@@ -49,8 +50,10 @@ STEERABILITY_STRENGTHS = (0.03125, 0.5, 1.0)
 # Whether a technique widens the window: steering alone where the plain curve nears its edge
 # or breaks, each technique at the same strength (issue 24). keep-norm: each steered hidden
 # state rescaled to its unsteered norm (a rotation toward the direction); spread: the same
-# strength divided over the profile's candidate layers (fints_edge.layers.candidate_layers).
+# strength divided over the profile's candidate layers (fints_edge.layers.candidate_layers);
+# gate: the novelty gate (query-history similarity) at :func:`history_gate`'s thresholds.
 WIDENING_STRENGTHS = (0.25, 0.5, 1.0)
+GATE_PERCENTILES = (25, 75)  # of the history items' similarity to their nearest other item
 
 
 def candidates(n_layer: int) -> list[Setting]:
@@ -63,16 +66,41 @@ def steerability_settings(n_layer: int) -> list[Setting]:
     return _around(n_layer, [(s, 1.0) for s in STEERABILITY_STRENGTHS])
 
 
-def widening_settings(n_layer: int) -> list[tuple[str, float, Setting]]:
+def widening_settings(
+    n_layer: int, gate: tuple[float, float] | None = None
+) -> list[tuple[str, float, Setting]]:
     """(technique, strength, setting) for each widening technique at each strength: measured
-    on dev beside the plain curve, never candidates."""
+    on dev beside the plain curve, never candidates. ``gate``: (floor, full) similarities of
+    the novelty gate (:func:`history_gate`); None leaves the gate out."""
     spread = tuple(candidate_layers(n_layer))
     share, out = 1.0 / len(spread), []
     for s in _around(n_layer, [(x, 1.0) for x in WIDENING_STRENGTHS]):
         out += [("keep-norm", s.strength, replace(s, preserve_norm=True)),
                 ("spread", s.strength, replace(s, layers=spread, strength=s.strength * share,
                                                 opening_strength=s.opening_strength * share))]  # fmt: skip
+        if gate is not None:
+            out.append(("gate", s.strength, replace(s, sim_floor=gate[0], sim_full=gate[1])))
     return out
+
+
+def history_gate(keys: Sequence[np.ndarray]) -> tuple[float, float]:
+    """The novelty gate's (floor, full) for these users, from their histories alone: the
+    :data:`GATE_PERCENTILES` of each history item's cosine similarity to its nearest OTHER item
+    of the same user (``keys``: each user's L2-normalised encoder keys), pooled, to 2 decimals.
+    So an input as unlike the history as its least typical quarter is not steered, and one as
+    close as its most typical quarter is steered fully; no dev or test item is looked at."""
+    nearest = []
+    for k in keys:
+        k = np.asarray(k, np.float32)
+        if len(k) < 2:
+            continue
+        sim = k @ k.T
+        np.fill_diagonal(sim, -np.inf)
+        nearest.append(sim.max(axis=1))
+    if not nearest:
+        raise ValueError("the novelty gate needs a user with two or more history items")
+    lo, hi = np.percentile(np.concatenate(nearest), GATE_PERCENTILES)
+    return round(float(lo), 2), round(float(hi), 2)
 
 
 def _around(n_layer: int, grid: Sequence[tuple[float, float]]) -> list[Setting]:
@@ -179,7 +207,9 @@ def commits_benchmark(ev: Evaluation, results: dict) -> list[dict]:
             if family == "steer":  # the curve's other points (docs/eval/steerability.png)
                 for s in steerability_settings(ev.n_layer):
                     measure("steerability", method, s)
-                for technique, strength, s in widening_settings(ev.n_layer):
+                gate = history_gate([Profile.load(ev.profiles[u.user]).keys for u in users
+                                     if u.user in ev.profiles])  # fmt: skip
+                for technique, strength, s in widening_settings(ev.n_layer, gate):
                     measure("widening", method, s, technique=technique, strength=strength)
             assert best is not None
             chosen[family] = best

@@ -557,11 +557,25 @@ def widening_lines(results: dict, curves: dict[str, list[tuple[float, dict]]]) -
     strengths = sorted({x for r in rows.values() for x in r})
     for name in {n for n, _ in rows}:
         rows[(name, "plain")] = {x: t for x, t in curves.get(name, []) if x in strengths}
+    seen = sorted({(n, t["setting"]["sim_floor"], t["setting"]["sim_full"])
+                   for (n, technique), at in rows.items() if technique == "gate"
+                   for t in at.values()})  # fmt: skip
+    pairs = sorted({(lo, hi) for _, lo, hi in seen})
+    gates = (
+        ""
+        if not pairs
+        else f": {pairs[0][0]:g}-{pairs[0][1]:g} for every model"  # one encoder, one history
+        if len(pairs) == 1
+        else ": " + "; ".join(f"{n} {lo:g}-{hi:g}" for n, lo, hi in seen)
+    )
     lines = [
         "Whether a technique widens the window, at the same strengths (steering alone, commits "
         "dev; ROUGE-L of fluent answers / fluent share): `keep-norm` rescales each steered "
         "hidden state to its unsteered norm (a rotation toward the direction); `spread` divides "
-        "the strength over the three candidate layers.",
+        "the strength over the three candidate layers; `gate` fades steering out for inputs "
+        "unlike the user's history (the novelty gate: none at or below the first similarity, "
+        "full at or above the second; from the 25th and 75th percentiles of the history items' "
+        f"similarity to their nearest other item, `commits_bench.history_gate`){gates}.",
         "",
         "| model | technique | " + " | ".join(f"{x:g}" for x in strengths) + " |",
         "|---|---|" + "---|" * len(strengths),

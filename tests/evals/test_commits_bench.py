@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from evals.calibrated import shipped
 from evals.commits_bench import PAIRS, candidates, pick_users
 from evals.report import commits_lines, write_outputs
@@ -186,18 +189,34 @@ def test_each_widening_technique_keeps_the_strength_it_is_compared_at():
     from evals.commits_bench import WIDENING_STRENGTHS, widening_settings
     from fints_edge.layers import candidate_layers
 
-    got = widening_settings(30)
+    assert {t for t, *_ in widening_settings(30)} == {"keep-norm", "spread"}  # no gate given
+    got = widening_settings(30, gate=(0.6, 0.9))
     assert {(t, x) for t, x, _ in got} == {
-        (t, x) for t in ("keep-norm", "spread") for x in WIDENING_STRENGTHS
+        (t, x) for t in ("keep-norm", "spread", "gate") for x in WIDENING_STRENGTHS
     }
     for technique, x, s in got:
         if technique == "keep-norm":
             assert s.preserve_norm and s.strength == x and s.layers == shipped(30).layers
+        elif technique == "gate":
+            assert (s.sim_floor, s.sim_full) == (0.6, 0.9) and not s.preserve_norm
+            assert s.strength == x and s.layers == shipped(30).layers
         else:
             assert s.layers == tuple(candidate_layers(30)) == (18, 20, 22)
             assert not s.preserve_norm and abs(s.strength * 3 - x) < 1e-12
             assert abs(s.opening_strength * 3 - x * DEFAULTS.opening_scale) < 1e-12
     assert not {s for *_, s in got} & set(candidates(30))
+
+
+def test_the_novelty_gate_comes_from_the_histories_nearest_neighbours():
+    """Nearest-other-item similarities: user a 1, 1, 0 (two copies and an orthogonal item),
+    user b 0.6, 0.6; pooled, the 25th and 75th percentiles are 0.6 and 1."""
+    from evals.commits_bench import history_gate
+
+    a = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    b = np.array([[1.0, 0.0], [0.6, 0.8]])
+    assert history_gate([a, b, a[:1]]) == (0.6, 1.0)  # a one-item user has no neighbour
+    with pytest.raises(ValueError, match="two or more history items"):
+        history_gate([a[:1]])
 
 
 def test_the_widening_table_sets_each_technique_beside_the_plain_curve():
@@ -213,11 +232,17 @@ def test_the_widening_table_sets_each_technique_beside_the_plain_curve():
         tried("steerability", 0.5, 0.1),
         tried("widening", 0.5, 0.3, technique="keep-norm", strength=0.5),
         tried("widening", 0.5, 0.2, technique="spread", strength=0.5),
+        {
+            **tried("widening", 0.5, 0.15, technique="gate", strength=0.5),
+            "setting": {"strength": 0.5, "prompt_strength": 1.0, "sim_floor": 0.6, "sim_full": 0.9},
+        },
     ]
     bench["dev"]["baselines"] = {"zero-shot": {"rougeL_fluent": 0.05, "fluent": 0.95, "n": 48}}
     results = {"models": {"m.gguf": {"benchmarks": {"commits": bench}}}}
     lines = widening_lines(results, _curves(results))
     rows = [x for x in lines if x.startswith("| m.gguf")]
     assert rows == ["| m.gguf | plain | 0.100 / 0.50 |", "| m.gguf | keep-norm | 0.300 / 0.50 |",
-                    "| m.gguf | spread | 0.200 / 0.50 |"]  # fmt: skip
+                    "| m.gguf | spread | 0.200 / 0.50 |",
+                    "| m.gguf | gate | 0.150 / 0.50 |"]  # fmt: skip
+    assert "0.6-0.9 for every model" in lines[0]
     assert widening_lines({"models": {}}, {}) == []
