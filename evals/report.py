@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.calibrated import CALIBRATED_METHODS, CALIBRATED_PAIRS
+from evals.commits_bench import GATE_PERCENTILES
 from evals.fluency import FluencyRule
 from evals.machine import machine_info, machine_text
 from fints_edge._atomic import write_text as atomic_write_text
@@ -574,7 +575,8 @@ def widening_lines(results: dict, curves: dict[str, list[tuple[float, dict]]]) -
         "hidden state to its unsteered norm (a rotation toward the direction); `spread` divides "
         "the strength over the three candidate layers; `gate` fades steering out for inputs "
         "unlike the user's history (the novelty gate: none at or below the first similarity, "
-        "full at or above the second; from the 25th and 75th percentiles of the history items' "
+        f"full at or above the second; from the {GATE_PERCENTILES[0]}th and "
+        f"{GATE_PERCENTILES[1]}th percentiles of the history items' "
         f"similarity to their nearest other item, `commits_bench.history_gate`){gates}.",
         "",
         "| model | technique | " + " | ".join(f"{x:g}" for x in strengths) + " |",
