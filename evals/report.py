@@ -19,7 +19,7 @@ from evals.fluency import FluencyRule
 from evals.machine import machine_info, machine_text
 from fints_edge._atomic import write_text as atomic_write_text
 from fints_edge._cli import cli_main
-from fints_edge.calibrate import budget_text
+from fints_edge.calibrate import MARGIN_SE, budget_text
 from fints_edge.errors import FintsEdgeError
 
 METHOD_ORDER = ("zero-shot", "rag-1", "rag-2", "rag-3", "prefix-cached", "static", "random",
@@ -235,9 +235,10 @@ def calibration_lines(cal: dict | None, who: str) -> list[str]:
         lines += ["", f"How finely the held-out items tell settings apart (`calibrate.resolution`: "
                   "one standard error of a setting's paired per-item difference from the default, "
                   f"median over its other settings): {statistics.median(noise):.3f} for the median "
-                  f"{who} (range {noise[0]:.3f}-{noise[-1]:.3f}). Under the 1 SE rule a setting "
-                  "truly better by less than that wins its comparison less than half the time, "
-                  "and one no better wins about one comparison in six (normal "
+                  f"{who} (range {noise[0]:.3f}-{noise[-1]:.3f}). Under the {MARGIN_SE:g} SE rule a "
+                  f"setting truly better by less than {MARGIN_SE:g} SE wins its comparison less than "
+                  "half the time, and one no better wins about "
+                  f"{statistics.NormalDist().cdf(-MARGIN_SE):.0%} of its comparisons (normal "
                   "approximation)."]  # fmt: skip
     return lines
 

@@ -248,6 +248,7 @@ class Calibration:
         )
 
     def to_json(self) -> dict[str, Any]:
+        noise = self.resolution
         return {
             "version": CALIBRATION_VERSION,
             "changes": {k: list(v) if isinstance(v, tuple) else v for k, v in self.changes.items()},
@@ -262,7 +263,7 @@ class Calibration:
             "tried": [asdict(t) for t in self.tried],
             "rule": self.rule,
             "grid": self.grid,
-            "resolution": None if math.isnan(self.resolution) else self.resolution,
+            "resolution": None if math.isnan(noise) else noise,
             "summary": self.summary(),
         }
 
